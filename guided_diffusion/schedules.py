@@ -1,0 +1,97 @@
+"""Noise schedules and timestep respacing: pure NumPy (float64), no torch state."""
+
+import math
+
+import numpy as np
+
+
+def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
+    """Betas (T,) float64 for a named schedule.
+
+    "linear": Ho et al. 2020, scaled so that any T gives the same curve as 1e-4..0.02 at T = 1000.
+    "cosine": Nichol & Dhariwal 2021, alpha_bar(t) = cos^2(((t/T + 0.008) / 1.008) * pi/2),
+    betas clipped at 0.999.
+    """
+    if schedule_name == "linear":
+        scale = 1000 / num_diffusion_timesteps
+        return np.linspace(
+            scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64
+        )
+    if schedule_name == "cosine":
+        return betas_for_alpha_bar(
+            num_diffusion_timesteps,
+            lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2,
+        )
+    raise ValueError(
+        f"unknown noise_schedule {schedule_name!r}: use 'linear' or 'cosine'"
+    )
+
+
+def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
+    """Discretise a continuous alpha_bar(t), t in [0, 1], into T betas: 1 - ab(t2)/ab(t1)."""
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        t1 = i / num_diffusion_timesteps
+        t2 = (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return np.array(betas, dtype=np.float64)
+
+
+def space_timesteps(num_timesteps, section_counts):
+    """The set of original timesteps to keep when respacing a T-step process.
+
+    :param num_timesteps: T, the number of steps of the base process.
+    :param section_counts: a list of per-section counts, or a string:
+        - "ddimN": the smallest stride s with len(range(0, T, s)) == N (DDIM's uniform grid;
+          never includes T-1);
+        - "N" or "a,b,c": split [0, T) into equal sections and take that many evenly spaced
+          (rounded) steps from each; a single section includes both 0 and T-1.
+    :return: a set of original timesteps (ints in [0, T)).
+    :raises ValueError: with a message naming the impossible count.
+    """
+    if isinstance(section_counts, str):
+        text = section_counts.strip()
+        if text.startswith("ddim"):
+            try:
+                desired = int(text[len("ddim"):])
+            except ValueError:
+                raise ValueError(
+                    f"timestep_respacing {section_counts!r}: expected 'ddimN' with an integer N"
+                ) from None
+            if desired < 1:
+                raise ValueError(f"timestep_respacing {section_counts!r}: N must be >= 1")
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired:
+                    return set(range(0, num_timesteps, stride))
+            if desired == num_timesteps:
+                return set(range(num_timesteps))
+            raise ValueError(
+                f"timestep_respacing {section_counts!r}: no integer stride gives exactly "
+                f"{desired} steps out of {num_timesteps}; pick another N or use plain '{desired}'"
+            )
+        try:
+            section_counts = [int(x) for x in text.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"timestep_respacing {section_counts!r}: expected '', 'N', 'a,b,c' or 'ddimN'"
+            ) from None
+    if not section_counts:
+        raise ValueError("timestep_respacing: empty section list")
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if section_count < 1 or section_count > size:
+            raise ValueError(
+                f"timestep_respacing: cannot take {section_count} steps from a section of "
+                f"{size} timesteps (section {i} of {len(section_counts)}, T={num_timesteps})"
+            )
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        for _ in range(section_count):
+            all_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        start_idx += size
+    return set(all_steps)
