@@ -369,7 +369,9 @@ def _check_batch_args(num_items, batch_size, step, shard, num_shards):
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if num_shards <= 0 or not 0 <= shard < num_shards:
-        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+        raise ValueError(
+            f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}"
+        )
 
 
 def _global_positions(batch_size, step, shard, num_shards):
