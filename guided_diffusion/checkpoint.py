@@ -1,0 +1,116 @@
+"""Reading model checkpoints with clear errors (``torch.load(..., weights_only=True)`` only)."""
+
+import io
+import os
+import re
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model flags."""
+
+
+def _as_state_dict(obj, path):
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = obj
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        sd = obj["state_dict"]
+    else:
+        raise CheckpointError(
+            f"{path}: not a model state_dict (expected a dict of tensors, got {type(obj).__name__})"
+        )
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_checkpoint(path, data=None):
+    """Load a state_dict from ``path`` (or from its bytes ``data``) onto the CPU, weights only.
+
+    :raises CheckpointError: one-line message naming the file and the fix.
+    """
+    if data is None:
+        if not path:
+            raise CheckpointError("--model_path is empty: pass the checkpoint file to sample from")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"--model_path {path}: no such file")
+    try:
+        obj = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "unreadable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(
+            f"--model_path {path}: not a readable PyTorch weights file ({first[:160]})"
+        ) from None
+    return _as_state_dict(obj, path)
+
+
+def _likely_flags(missing, unexpected, misshaped):
+    """Guess which model flags differ between a checkpoint and the model, from key differences."""
+    keys = missing + unexpected + [k for k, _, _ in misshaped]
+    hints = []
+
+    def any_match(pattern):
+        return any(re.search(pattern, k) for k in keys)
+
+    if any_match(r"^label_emb"):
+        hints.append("class_cond")
+    if any_match(r"^out\.2\.") or any_match(r"^input_blocks\.0\.0\."):
+        hints.append("learn_sigma / image_channels")
+    if any_match(r"^time_embed"):
+        hints.append("num_channels")
+    if any_match(r"emb_layers"):
+        hints.append("use_scale_shift_norm / num_channels")
+    if any_match(r"\.(qkv|proj_out|norm)\."):
+        hints.append("attention_resolutions")
+    if any_match(r"\.op\.|\.conv\.|h_upd|x_upd") or any(
+        re.search(r"^(input|output)_blocks\.\d+\.\d+\.in_layers", k) for k in missing + unexpected
+    ):
+        hints.append("resblock_updown")
+    if any_match(r"^(input|output)_blocks\.\d+"):
+        hints.append("num_res_blocks / channel_mult / image_size")
+    if any_match(r"in_layers|out_layers|skip_connection"):
+        hints.append("num_channels / channel_mult")
+    seen = []
+    for h in hints:
+        if h not in seen:
+            seen.append(h)
+    return seen or ["the model flags"]
+
+
+def check_state_dict(model, state_dict, path):
+    """Raise :class:`CheckpointError` unless ``state_dict`` fits ``model`` exactly (keys and shapes).
+
+    The message names up to 3 missing, unexpected and mis-shaped keys each and the flags that
+    likely differ. (``use_new_attention_order`` cannot be detected: it is not in the keys.)
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    misshaped = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or misshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if misshaped:
+        shown = ", ".join(f"{k} file {a} vs model {b}" for k, a, b in misshaped[:3])
+        parts.append(f"{len(misshaped)} mis-shaped (e.g. {shown})")
+    raise CheckpointError(
+        f"--model_path {path} does not fit the model flags: {'; '.join(parts)}. "
+        f"Likely differing flags: {', '.join(_likely_flags(missing, unexpected, misshaped))}"
+    )
+
+
+def load_checkpoint_into(model, path, data=None):
+    """Read ``path`` (or its bytes), check it against ``model`` and load it strictly."""
+    state_dict = read_checkpoint(path, data=data)
+    check_state_dict(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=True)
+    return model

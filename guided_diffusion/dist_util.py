@@ -1,0 +1,218 @@
+"""Processes and devices: the ONLY module that imports mpi4py or torch.distributed.
+
+Both are imported inside functions, and everything degrades to one process when neither a
+launcher nor MPI is present. Library code never calls this module; scripts call
+:func:`setup_dist` once and pass ``rank`` / ``world_size`` down as plain ints.
+
+Launchers understood by :func:`setup_dist`:
+  * ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the environment);
+  * ``mpiexec -n N`` (mpi4py; rank 0 picks a free port and broadcasts it);
+  * nothing: a single process, no process group.
+Each rank uses GPU ``local_rank % torch.cuda.device_count()`` when CUDA is present (restrict the
+set with CUDA_VISIBLE_DEVICES), else the CPU with the gloo backend.
+"""
+
+import io
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+CHUNK_BYTES = 2**30  # checkpoint broadcast chunk size
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+_INFO = DistInfo()
+
+
+def _mpi_comm():
+    """COMM_WORLD if mpi4py imports and we run under an MPI launcher with > 1 process, else None."""
+    try:
+        from mpi4py import MPI  # noqa: WPS433 (imported here on purpose)
+    except Exception:  # mpi4py missing or its MPI library broken: one process
+        return None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def _mpi_local_rank(comm):
+    for key in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def setup_dist(backend=None):
+    """Start the process group if there is more than one process; return this process's DistInfo."""
+    global _INFO
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _INFO
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    else:
+        comm = _mpi_comm()
+        if comm is None:
+            _INFO = DistInfo()
+            return _INFO
+        rank, world, local = comm.Get_rank(), comm.Get_size(), _mpi_local_rank(comm)
+        addr = "127.0.0.1" if not torch.cuda.is_available() else socket.gethostbyname(socket.getfqdn())
+        addr = comm.bcast(addr if rank == 0 else None, root=0)
+        port = comm.bcast(_free_port() if rank == 0 else None, root=0)
+        os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1:
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    _INFO = DistInfo(rank, world, local)
+    return _INFO
+
+
+def info():
+    """This process's DistInfo (single process until ``setup_dist`` says otherwise)."""
+    return _INFO
+
+
+def get_rank():
+    return _INFO.rank
+
+
+def get_world_size():
+    return _INFO.world_size
+
+
+def is_distributed():
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def dev():
+    """This rank's device: its GPU when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", _INFO.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _comm_device():
+    import torch.distributed as dist
+
+    return dev() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_bytes(data):
+    """Rank 0's ``data`` (bytes) on every rank, sent in chunks of CHUNK_BYTES."""
+    if not is_distributed():
+        return data
+    import torch.distributed as dist
+
+    device = _comm_device()
+    length = torch.tensor([len(data) if get_rank() == 0 else 0], dtype=torch.long, device=device)
+    dist.broadcast(length, 0)
+    n = int(length.item())
+    out = bytearray(n) if get_rank() != 0 else None
+    for start in range(0, n, CHUNK_BYTES):
+        size = min(CHUNK_BYTES, n - start)
+        if get_rank() == 0:
+            buf = torch.frombuffer(bytearray(data[start : start + size]), dtype=torch.uint8).to(device)
+        else:
+            buf = torch.empty(size, dtype=torch.uint8, device=device)
+        dist.broadcast(buf, 0)
+        if get_rank() != 0:
+            out[start : start + size] = buf.cpu().numpy().tobytes()
+    return data if get_rank() == 0 else bytes(out)
+
+
+def read_file_on_rank0(path):
+    """Bytes of ``path``, read once on rank 0 and broadcast (errors are raised on every rank)."""
+    data, err = b"", ""
+    if get_rank() == 0:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            err = f"{path}: cannot read ({exc.strerror or exc})"
+    err = broadcast_object(err)
+    if err:
+        raise FileNotFoundError(err)
+    return broadcast_bytes(data)
+
+
+def load_state_dict(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``, read on rank 0 only and broadcast to the others."""
+    data = read_file_on_rank0(path)
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+
+def broadcast_object(obj):
+    """Rank 0's picklable ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_comm_device())
+    return box[0]
+
+
+def all_gather_object(obj):
+    """A list of every rank's ``obj``, in rank order."""
+    if not is_distributed():
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(tensor):
+    """In-place sum of ``tensor`` over ranks (no-op with one process)."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def sync_params(params):
+    """Copy rank 0's parameters to every rank."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p, 0)
+
+
+def barrier():
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def cleanup():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,181 @@
+"""Sample generation with per-sample seeds; knows nothing about processes or files.
+
+Per-sample randomness (EDM-style): sample k's initial noise x_T, every later draw of the loop
+(DDPM noise, DDIM noise when eta > 0) and its class label depend only on ``(seed, k)``. So image
+k is the same whatever the batch size, the world size, or which rank draws it.
+
+Scheme (counter-based, batched, no Python loop over the batch): a 32-bit key per
+(seed, sample index, stream) is made with murmur3's fmix32 finaliser; stream 0 is x_T, stream
+s + 1 the noise of loop step s, and a separate stream the class label. Element j of a draw is
+hashed as ``fmix32(E_j ^ key)`` with ``E_j = fmix32(j ^ const)`` (cached per size); the top 24
+bits give a uniform in (0, 1), and Box-Muller turns uniform pairs (j, j + m) into the two normals
+of elements j and j + m. It is int32 tensor arithmetic (wrapping multiplication, masked shifts),
+so the bits are the same on every device; the float transform may differ by rounding only.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .sampling import sample_loop_progressive
+
+_MASK32 = 0xFFFFFFFF
+LABEL_STREAM = 0x7FFF0000
+# murmur3 fmix32 multipliers as signed int32 (int32 multiplication wraps like uint32's).
+_M1_I32 = 0x85EBCA6B - 2**32
+_M2_I32 = 0xC2B2AE35 - 2**32
+
+
+def _to_i32(value):
+    """An int in [0, 2^32) as the int32 with the same bits."""
+    value = int(value) & _MASK32
+    return value - 2**32 if value >= 2**31 else value
+
+
+def fmix32(h):
+    """murmur3's 32-bit finaliser on an int32 tensor (bit pattern of a uint32).
+
+    Right shifts are arithmetic on int32, so each is masked to act as a logical shift.
+    """
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _M1_I32
+    h = h ^ ((h >> 13) & 0x7FFFF)
+    h = h * _M2_I32
+    return h ^ ((h >> 16) & 0xFFFF)
+
+
+class SampleNoise:
+    """Counter-based standard normals addressed by (seed, sample index, stream, element)."""
+
+    def __init__(self, seed: int):
+        self.seed = _to_i32(seed)
+        self._element_hashes = {}
+
+    def _keys(self, indices, stream):
+        """(B,) int32 keys for sample indices (B,) and an int stream."""
+        k = fmix32((indices & _MASK32).to(torch.int64).sub_(2**31).to(torch.int32) ^ self.seed)
+        k = fmix32(k ^ _to_i32(int(stream) * 0x632BE5AB + 0x1234567))
+        return fmix32(k * _to_i32(0x9E3779B9) ^ self.seed)
+
+    def _elements(self, n, device):
+        key = (n, str(device))
+        cached = self._element_hashes.get(key)
+        if cached is None:
+            cached = fmix32(torch.arange(n, device=device, dtype=torch.int32) ^ _to_i32(0x5BD1E995))
+            self._element_hashes = {key: cached}
+        return cached
+
+    def normal(self, indices, stream, shape):
+        """(B, *shape) float32 standard normals for sample ``indices`` (B,) int64 on their device.
+
+        Box-Muller on hash pairs: elements [0, m) and [m, 2m) share one pair of uniforms
+        (m = ceil(n / 2)) and get its cosine and sine normals.
+        """
+        n = int(np.prod(shape))
+        m = (n + 1) // 2
+        h = fmix32(self._elements(2 * m, indices.device)[None] ^ self._keys(indices, stream)[:, None])
+        u = (((h >> 8) & 0xFFFFFF).float() + 0.5) * (1.0 / 16777216.0)
+        radius = torch.sqrt(-2.0 * torch.log(u[:, :m]))
+        theta = (2 * np.pi) * u[:, m:]
+        z = torch.cat([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1)[:, :n]
+        return z.reshape((indices.shape[0],) + tuple(shape))
+
+    def integers(self, indices, stream, high):
+        """(B,) int64 in [0, high) for sample ``indices``."""
+        return (self._keys(indices, stream).to(torch.int64) & _MASK32) % int(high)
+
+
+class NonFiniteSampleError(RuntimeError):
+    """A sample came out NaN or infinite; nothing of its batch should be written."""
+
+
+@dataclass
+class SampleBatch:
+    indices: np.ndarray  # (B,) int64 global sample indices
+    images: np.ndarray  # (B, H, W, 3) uint8 RGB
+    labels: Optional[np.ndarray]  # (B,) int64 or None
+
+
+def to_uint8_rgb(x):
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8 numpy; truncates like upstream, grey -> RGB."""
+    img = ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+    if img.shape[1] == 1:
+        img = img.expand(-1, 3, -1, -1)
+    return img.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def sample_batch(
+    model,
+    diffusion,
+    indices,
+    *,
+    shape,
+    seed,
+    sampler="ddim",
+    eta=0.0,
+    clip_denoised=True,
+    num_classes=None,
+    time_shift="diffusion",
+    progress=False,
+    settings="",
+):
+    """Generate the samples with global ``indices`` as one batch.
+
+    :param indices: (B,) int64 tensor on the model's device.
+    :param shape: (C, H, W) of one sample.
+    :param num_classes: draw class labels (class-conditional models) when set.
+    :param time_shift: a TimeShift, None, or "diffusion" for the diffusion's own default.
+    :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None).
+    :raises NonFiniteSampleError: naming the first bad sample index and ``settings``.
+    """
+    noise = SampleNoise(seed)
+    x_T = noise.normal(indices, 0, shape)
+    model_kwargs = {}
+    labels = None
+    if num_classes:
+        labels = noise.integers(indices, LABEL_STREAM, num_classes)
+        model_kwargs["y"] = labels
+    extra = {} if time_shift == "diffusion" else {"time_shift": time_shift}
+    progressive = sample_loop_progressive(
+        diffusion,
+        model,
+        x_T.shape,
+        sampler=sampler,
+        noise=x_T,
+        clip_denoised=clip_denoised,
+        model_kwargs=model_kwargs,
+        eta=eta,
+        progress=progress,
+        noise_fn=lambda step, like: noise.normal(indices, step + 1, shape),
+        **extra,
+    )
+    final = None
+    for final in progressive:
+        pass
+    x = final["sample"]
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(indices[~finite][0])
+        raise NonFiniteSampleError(
+            f"sample {bad} is not finite (NaN/inf) with {settings or 'these sampler settings'}; "
+            "nothing was written for its batch"
+        )
+    return x, labels
+
+
+def generate_samples(model, diffusion, indices, *, batch_size, device, **kwargs):
+    """Yield :class:`SampleBatch` es for the global sample ``indices`` (a sequence of ints), in order.
+
+    Extra keywords go to :func:`sample_batch`.
+    """
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        idx = torch.tensor(indices[start : start + batch_size], dtype=torch.long, device=device)
+        x, labels = sample_batch(model, diffusion, idx, **kwargs)
+        yield SampleBatch(
+            indices=idx.cpu().numpy(),
+            images=to_uint8_rgb(x),
+            labels=None if labels is None else labels.cpu().numpy(),
+        )
