@@ -204,6 +204,24 @@ def sync_params(params):
             dist.broadcast(p, 0)
 
 
+def wrap_ddp(model):
+    """``DistributedDataParallel(model)`` when distributed (gloo on CPU, nccl on this rank's GPU),
+    else ``model`` itself. Gradients are averaged over ranks; use ``.no_sync()`` to accumulate."""
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = dev()
+    return DistributedDataParallel(
+        model,
+        device_ids=[device] if device.type == "cuda" else None,
+        output_device=device if device.type == "cuda" else None,
+        broadcast_buffers=False,
+        bucket_cap_mb=128,
+        find_unused_parameters=False,
+    )
+
+
 def barrier():
     if is_distributed():
         import torch.distributed as dist

@@ -1,0 +1,174 @@
+"""Train an ADM diffusion model on a folder of images or an .npz (upstream flags, exact resume).
+
+One process:
+    python scripts/image_train.py --data_dir /work/data/fmnist_train32.npz --out_dir runs/fmnist \
+        --image_size 32 --image_channels 1 --num_channels 32 --channel_mult 1,2,2 \
+        --num_res_blocks 2 --attention_resolutions 8 --resblock_updown True --learn_sigma True \
+        --noise_schedule cosine --batch_size 64 --lr 2e-4 --lr_anneal_steps 20000
+Data parallel (each rank gets --batch_size; DDP with nccl on GPUs, gloo on the CPU):
+    mpiexec -n 2 python scripts/image_train.py ...      (or torchrun --nproc_per_node 2 ...)
+Resume exactly where a run stopped (ema/opt files are found beside the model file):
+    python scripts/image_train.py <same flags> --resume_checkpoint runs/fmnist/model010000.pt
+
+Writes to --out_dir (rank 0 only, atomically): model{step:06d}.pt (float32 UNet state_dict, loads
+strictly in scripts/image_sample_1gpu.py --model_path), ema_{rate}_{step:06d}.pt (same format,
+the EMA weights: sample from these), opt{step:06d}.pt (optimizer, loss scale, schedule sampler
+state), args.json, log.txt and progress.csv (loss, loss per timestep quartile, grad norm, lr, ...).
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import argparse  # noqa: E402
+
+import torch  # noqa: E402
+
+from guided_diffusion import dist_util, logger  # noqa: E402
+from guided_diffusion.image_datasets import ImageDataset, StepBatcher  # noqa: E402
+from guided_diffusion.resample import SCHEDULE_SAMPLERS, create_named_schedule_sampler  # noqa: E402
+from guided_diffusion.sample_cli import run_cli  # noqa: E402
+from guided_diffusion.script_util import (  # noqa: E402
+    add_dict_to_argparser,
+    args_to_dict,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+)
+from guided_diffusion.train_util import TrainLoop, parse_ema_rates  # noqa: E402
+
+TRAIN_DEFAULTS = dict(
+    data_dir="",
+    out_dir="train_out",
+    schedule_sampler="uniform",
+    lr=1e-4,
+    weight_decay=0.0,
+    lr_anneal_steps=0,
+    max_steps=0,
+    batch_size=1,
+    microbatch=-1,
+    ema_rate="0.9999",
+    ema_warmup=True,
+    log_interval=10,
+    save_interval=10000,
+    resume_checkpoint="",
+    fp16_scale_growth=1e-3,
+    seed=0,
+    random_flip=True,
+)
+
+TRAIN_HELP = {
+    "data_dir": "training images: a folder (recursive) or an .npz with arr_0 uint8 NHWC (arr_1 labels)",
+    "out_dir": "directory for checkpoints, args.json, log.txt and progress.csv",
+    "schedule_sampler": f"timestep sampler: {' or '.join(SCHEDULE_SAMPLERS)}",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "lr_anneal_steps": "if > 0: lr decays linearly to 0 over this many steps and training stops there",
+    "max_steps": "stop after this many steps in total, without changing the lr schedule (0: no limit)",
+    "batch_size": "images per step per process (global batch = batch_size * processes)",
+    "microbatch": "split each batch into chunks of this size and accumulate gradients (-1: no split)",
+    "ema_rate": "comma list of EMA rates, one ema_<rate>_<step>.pt per rate",
+    "ema_warmup": "EMA rate min(rate, (1+t)/(10+t)) at step t, so short runs forget the random init "
+                  "(False: upstream's constant rate)",
+    "log_interval": "steps between log lines / progress.csv rows",
+    "save_interval": "steps between checkpoints (the final step is always saved; 0: final only)",
+    "resume_checkpoint": "model<step>.pt to resume from (ema/opt files beside it); another file name "
+                         "loads the weights and starts at step 0",
+    "fp16_scale_growth": "log2 loss-scale growth per step with --use_fp16 True",
+    "seed": "seed of the initialisation, data order, flips, timesteps, noise and dropout",
+    "random_flip": "random horizontal flips of training images",
+}
+
+
+def create_argparser():
+    defaults = dict(TRAIN_DEFAULTS)
+    defaults.update(model_and_diffusion_defaults())
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 1)[1],
+    )
+    add_dict_to_argparser(parser, defaults, help=TRAIN_HELP)
+    return parser
+
+
+def validate_args(args):
+    if not args.data_dir:
+        raise ValueError("--data_dir is empty: pass a folder of images or an .npz file")
+    if args.schedule_sampler not in SCHEDULE_SAMPLERS:
+        raise ValueError(f"--schedule_sampler {args.schedule_sampler!r}: use {' or '.join(SCHEDULE_SAMPLERS)}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.microbatch == 0 or args.microbatch < -1:
+        raise ValueError(f"--microbatch must be -1 (no split) or >= 1, got {args.microbatch}")
+    if args.log_interval < 1:
+        raise ValueError(f"--log_interval must be >= 1, got {args.log_interval}")
+    for name in ("save_interval", "lr_anneal_steps", "max_steps"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
+        raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
+    parse_ema_rates(args.ema_rate)
+
+
+def main(argv=None):
+    args = create_argparser().parse_args(argv)
+    validate_args(args)
+    info = dist_util.setup_dist()
+    logger.configure(args.out_dir, rank=info.rank)
+    if info.rank == 0:
+        tmp = os.path.join(args.out_dir, f"args.json.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(vars(args), f, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(args.out_dir, "args.json"))
+    logger.log(f"{info.world_size} process(es), device {dist_util.dev()}")
+
+    torch.manual_seed(args.seed)  # the same initialisation on every rank (rank 0's is broadcast too)
+    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
+    model.to(dist_util.dev())
+    logger.log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
+    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
+
+    dataset = ImageDataset(
+        args.data_dir, args.image_size, class_cond=args.class_cond, image_channels=args.image_channels
+    )
+    data = StepBatcher(
+        dataset, args.batch_size, seed=args.seed, shard=info.rank, num_shards=info.world_size,
+        random_flip=args.random_flip,
+    )
+    logger.log(f"data: {len(dataset)} images from {args.data_dir}, {data.steps_per_epoch:.1f} steps per epoch")
+
+    loop = TrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        batch_size=args.batch_size,
+        microbatch=args.microbatch,
+        lr=args.lr,
+        ema_rate=args.ema_rate,
+        ema_warmup=args.ema_warmup,
+        log_interval=args.log_interval,
+        save_interval=args.save_interval,
+        resume_checkpoint=args.resume_checkpoint,
+        use_fp16=args.use_fp16,
+        fp16_scale_growth=args.fp16_scale_growth,
+        schedule_sampler=schedule_sampler,
+        weight_decay=args.weight_decay,
+        lr_anneal_steps=args.lr_anneal_steps,
+        max_steps=args.max_steps,
+        out_dir=args.out_dir,
+        seed=args.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    logger.log(f"training from step {loop.step}")
+    loop.run_loop()
+    logger.log(f"done at step {loop.step}")
+    logger.close()
+    dist_util.barrier()
+    dist_util.cleanup()
+    return loop
+
+
+if __name__ == "__main__":
+    run_cli(main)
