@@ -9,7 +9,8 @@ Launchers understood by :func:`setup_dist`:
   * ``mpiexec -n N`` (mpi4py; rank 0 picks a free port and broadcasts it);
   * nothing: a single process, no process group.
 Each rank uses GPU ``local_rank % torch.cuda.device_count()`` when CUDA is present (restrict the
-set with CUDA_VISIBLE_DEVICES), else the CPU with the gloo backend.
+set with CUDA_VISIBLE_DEVICES), else the CPU with the gloo backend; on the CPU, several processes
+on one machine split its cores (``torch.set_num_threads``) unless OMP_NUM_THREADS is set.
 """
 
 import io
@@ -27,6 +28,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
 
 _INFO = DistInfo()
@@ -51,6 +53,22 @@ def _mpi_local_rank(comm):
     return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
 
+def _mpi_local_size(comm):
+    for key in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE"):
+        if key in os.environ:
+            return int(os.environ[key])
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -67,22 +85,26 @@ def setup_dist(backend=None):
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     else:
         comm = _mpi_comm()
         if comm is None:
             _INFO = DistInfo()
             return _INFO
         rank, world, local = comm.Get_rank(), comm.Get_size(), _mpi_local_rank(comm)
+        local_world = _mpi_local_size(comm)
         addr = "127.0.0.1" if not torch.cuda.is_available() else socket.gethostbyname(socket.getfqdn())
         addr = comm.bcast(addr if rank == 0 else None, root=0)
         port = comm.bcast(_free_port() if rank == 0 else None, root=0)
         os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     if torch.cuda.is_available():
         torch.cuda.set_device(local % torch.cuda.device_count())
+    elif local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, _cpu_count() // local_world))  # do not oversubscribe the cores
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if world > 1:
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
-    _INFO = DistInfo(rank, world, local)
+    _INFO = DistInfo(rank, world, local, local_world)
     return _INFO
 
 
@@ -191,6 +213,18 @@ def all_reduce_sum(tensor):
 
         dist.all_reduce(tensor)
     return tensor
+
+
+def all_reduce_ints(values):
+    """Element-wise sums over ranks of a list of ints (the list itself with one process)."""
+    values = [int(v) for v in values]
+    if not is_distributed():
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.long, device=_comm_device())
+    dist.all_reduce(t)
+    return [int(v) for v in t.cpu().tolist()]
 
 
 def sync_params(params):

@@ -1,17 +1,39 @@
 """The sampling command shared by ``scripts/image_sample_1gpu.py`` and ``scripts/image_sample.py``.
 
-One parser (upstream's flags plus ``--seed``, ``--eta``, ``--ts_rule``, ``--grid``) and one
-``run_sampling`` function; the scripts only choose how processes are set up.
+One parser (upstream's flags plus ``--seed``, ``--eta``, ``--ts_rule``, ``--grid``,
+``--keep_parts``, ``--overwrite``) and one :func:`run_sampling`; the scripts only choose how
+processes are set up (``image_sample.py`` calls ``dist_util.setup_dist`` first).
+
+How a run goes, with W processes (W = 1 for ``image_sample_1gpu.py``):
+
+1. every rank checks the flags; rank 0 reads the checkpoint and broadcasts it (in chunks);
+2. rank 0 prepares ``OUT.npz.parts/`` (see :mod:`guided_diffusion.sample_parts`): finished parts
+   made with the same pixel-affecting flags are kept, different flags are refused, and the
+   indices still missing are cut into batches of ``--batch_size``;
+3. batch j goes to rank j % W; ranks work in rounds (one batch each) and after every round sum
+   (samples done, failures) with one all_reduce: rank 0's progress bar counts every rank, and a
+   failure on any rank (e.g. a NaN sample) stops all of them after that round, with one error
+   line from the failing rank and exit status 2. Each finished batch is a part file, written
+   atomically before the round ends, so a killed process loses only its batch in flight;
+4. rank 0 streams the parts, in index order, into ``OUT.npz`` (one part in memory at a time),
+   renames it into place and removes the parts unless ``--keep_parts True``.
+
+The result depends only on the pixel flags and the checkpoint: the same bytes for any batch
+size, process count, or number of interruptions.
 """
 
 import argparse
+import hashlib
+import math
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
 
+from . import sample_parts
 from .checkpoint import CheckpointError, load_checkpoint_into
 from .generate import NonFiniteSampleError, generate_samples
 from .script_util import (
@@ -41,6 +63,8 @@ SCRIPT_DEFAULTS = dict(
     grid_size=64,
     attention="sdpa",
     progress=True,
+    keep_parts=False,
+    overwrite=False,
 )
 
 SCRIPT_HELP = {
@@ -61,8 +85,29 @@ SCRIPT_HELP = {
     "grid": "also write a PNG grid of the first samples to this path",
     "grid_size": "number of samples in the --grid PNG",
     "attention": "attention kernel: sdpa (fused) or math (upstream einsum)",
-    "progress": "show a progress bar",
+    "progress": "show a progress bar (rank 0, counting every process's samples) and the images/s",
+    "keep_parts": "keep OUT.npz.parts/ (finished batches) after writing OUT.npz; a later run with a "
+    "larger --num_samples then only makes the new samples",
+    "overwrite": "discard finished parts in OUT.npz.parts/ and start over (needed when the "
+    "pixel-affecting flags or the checkpoint changed)",
 }
+
+# Flags that cannot change a pixel of sample k: left out of the parts' meta, so they may change
+# between a run and its resumption. (--model_path is replaced by the checkpoint's SHA-256;
+# --num_samples only decides which indices are wanted: sample k does not depend on it.)
+NON_PIXEL_FLAGS = frozenset(
+    [
+        "out_dir", "progress", "batch_size", "gpu_id", "num_samples", "grid", "grid_size",
+        "keep_parts", "overwrite", "data_type", "model_type", "model_path",
+        "classifier_scale", "classifier_depth", "classifier_path",
+        # training-only model/diffusion flags
+        "dropout", "use_checkpoint", "use_kl", "rescale_learned_sigmas",
+        "input_pertub", "perturb_schedule_type", "perturb_cutoff",
+    ]
+)
+
+# Test hook: a process exits hard (os._exit, like kill -9) after writing this many part files.
+EXIT_AFTER_PARTS_ENV = "GUIDED_DIFFUSION_TEST_EXIT_AFTER_PARTS"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -170,18 +215,123 @@ def sampler_settings(args):
     return text + f" seed={args.seed}"
 
 
-def run_single_process(args, device):
-    """Generate ``num_samples`` images in this process and write the npz (and grid). Returns the path."""
-    validate_args(args)
-    model, diffusion = build_model_and_diffusion(args, device)
-    channels = args.image_channels
-    batches = generate_samples(
-        model,
-        diffusion,
-        range(args.num_samples),
-        batch_size=args.batch_size,
-        device=device,
-        shape=(channels, args.image_size, args.image_size),
+class StopRun(Exception):
+    """Another rank failed and reported it; this rank stops quietly (exit status 2)."""
+
+
+def _rank():
+    from . import dist_util
+
+    return dist_util.get_rank()
+
+
+def _check_all(exc):
+    """Collective: if any rank has an exception, the first such rank raises it, the others StopRun."""
+    from . import dist_util
+
+    failed = [r for r in dist_util.all_gather_object(None if exc is None else _rank()) if r is not None]
+    if not failed:
+        return
+    if exc is not None and failed[0] == _rank():
+        raise exc
+    raise StopRun(f"rank {failed[0]} failed")
+
+
+def _on_rank0(fn):
+    """Collective: ``fn()`` on rank 0, its result broadcast; if it raised, rank 0 re-raises, the others StopRun."""
+    from . import dist_util
+
+    result, exc = None, None
+    if _rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # reported below, on rank 0 only
+            exc = e
+    failed, result = dist_util.broadcast_object((exc is not None, result))
+    if failed:
+        if exc is not None:
+            raise exc
+        raise StopRun("rank 0 failed")
+    return result
+
+
+def pixel_flags(args):
+    """The flags that decide the pixels of sample k (stored in, and compared with, the parts' meta)."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NON_PIXEL_FLAGS}
+
+
+def _device_description(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def run_sampling(args, device=None):
+    """Generate samples 0..num_samples-1 over all ranks, resumably; rank 0 writes the npz.
+
+    Call :func:`guided_diffusion.dist_util.setup_dist` first for several processes (without it
+    this is a single process). Returns the npz path on rank 0, None on the others.
+
+    :raises StopRun: on ranks other than the one that reports a failure.
+    """
+    from . import dist_util
+
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    device = dist_util.dev() if device is None else torch.device(device)
+    out_path = os.path.join(args.out_dir, output_filename(args))
+    parts_dir = sample_parts.parts_dir_for(out_path)
+
+    # 1. flags, checkpoint (read once on rank 0, broadcast), model.
+    exc = None
+    try:
+        validate_args(args)
+    except Exception as e:
+        exc = e
+    _check_all(exc)
+
+    def check_path():
+        if not args.model_path:
+            raise CheckpointError("--model_path is empty: pass the checkpoint file to sample from")
+        if not os.path.isfile(args.model_path):
+            raise CheckpointError(f"--model_path {args.model_path}: no such file")
+
+    _on_rank0(check_path)
+    data = dist_util.read_file_on_rank0(args.model_path)
+    checkpoint_sha256 = hashlib.sha256(data).hexdigest() if rank == 0 else None
+    model = diffusion = None
+    try:
+        model, diffusion = build_model_and_diffusion(args, device, checkpoint_bytes=data)
+    except Exception as e:
+        exc = e
+    del data
+    _check_all(exc)
+
+    # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
+    def prepare():
+        os.makedirs(args.out_dir, exist_ok=True)
+        meta = {
+            "flags": {**pixel_flags(args), "checkpoint_sha256": checkpoint_sha256},
+            "info": {
+                "model_path": os.path.abspath(args.model_path),
+                "device": _device_description(device),
+                "torch": torch.__version__,
+            },
+        }
+        parts, warnings = sample_parts.prepare_parts_dir(parts_dir, meta, overwrite=args.overwrite)
+        return sample_parts.done_intervals(parts, args.num_samples), warnings
+
+    done, warnings = _on_rank0(prepare)
+    if rank == 0:
+        for line in warnings:
+            sys.stderr.write(f"warning: {line}\n")
+    batches = sample_parts.plan_batches(done, args.num_samples, args.batch_size)
+    mine = batches[rank::world]
+    rounds = math.ceil(len(batches) / world)
+
+    # 3. rounds of one batch per rank.
+    sample_kwargs = dict(
+        shape=(args.image_channels, args.image_size, args.image_size),
         seed=args.seed,
         sampler="ddim" if args.use_ddim else "ddpm",
         eta=args.eta,
@@ -189,38 +339,85 @@ def run_single_process(args, device):
         num_classes=model.num_classes,
         settings=sampler_settings(args),
     )
-    images, labels = [], []
-    if args.progress:
+    already = sum(end - start for start, end in done)
+    bar = None
+    if rank == 0 and args.progress and batches:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=args.num_samples, unit="img", desc="sampling")
-    for batch in batches:
-        images.append(batch.images)
-        if batch.labels is not None:
-            labels.append(batch.labels)
-        if args.progress:
-            bar.update(len(batch.indices))
-    if args.progress:
+        bar = tqdm(total=args.num_samples, initial=already, unit="img", desc=f"sampling x{world}", smoothing=0.1)
+    exit_after = int(os.environ.get(EXIT_AFTER_PARTS_ENV, "0") or 0)
+    written = made = 0
+    started = time.time()
+    for r in range(rounds):
+        exc, count = None, 0
+        if r < len(mine):
+            start, end = mine[r]
+            try:
+                batch = next(
+                    generate_samples(
+                        model, diffusion, range(start, end), batch_size=end - start, device=device, **sample_kwargs
+                    )
+                )
+                sample_parts.write_part(parts_dir, start, batch.images, batch.labels)
+                count = end - start
+                del batch
+            except Exception as e:  # reported to every rank after this round
+                exc = e
+            written += exc is None
+            if exit_after and written >= exit_after:
+                os._exit(137)
+        count, failures = dist_util.all_reduce_ints([count, exc is not None])
+        made += count
+        if bar is not None:
+            bar.update(count)
+        if failures:
+            if bar is not None:
+                bar.close()
+            _check_all(exc)
+    if bar is not None:
         bar.close()
-    arr = np.concatenate(images, axis=0)
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, output_filename(args))
-    if labels:
-        save_npz_atomic(path, arr, np.concatenate(labels, axis=0).astype(np.int64))
-    else:
-        save_npz_atomic(path, arr)
-    if args.grid:
-        save_grid_png(args.grid, arr[: args.grid_size])
-    return path
+    if rank == 0 and args.progress and made:
+        seconds = time.time() - started
+        sys.stderr.write(
+            f"sampled {made} images in {seconds:.1f} s ({made / seconds:.2f} images/s, {world} process(es))\n"
+        )
+
+    # 4. rank 0 streams the parts into the final npz.
+    if rank != 0:
+        return None
+    grid = sample_parts.assemble(
+        parts_dir,
+        out_path,
+        num_samples=args.num_samples,
+        image_shape=(args.image_size, args.image_size, 3),
+        with_labels=model.num_classes is not None,
+        grid_size=args.grid_size if args.grid else 0,
+    )
+    if not args.keep_parts:
+        sample_parts.remove_parts(parts_dir)
+    if args.grid and grid is not None:
+        save_grid_png(args.grid, grid)
+    return out_path
 
 
-USER_ERRORS = (CheckpointError, NonFiniteSampleError, ValueError, FileNotFoundError, PermissionError)
+def run_single_process(args, device):
+    """:func:`run_sampling` in this process alone (no process group). Returns the npz path."""
+    return run_sampling(args, device=device)
+
+
+USER_ERRORS = (CheckpointError, NonFiniteSampleError, ValueError, OSError)
 
 
 def run_cli(main, argv=None):
-    """Run ``main(argv)``; user errors become one line on stderr and exit status 2."""
+    """Run ``main(argv)``; user errors become one line on stderr and exit status 2.
+
+    A rank stopped because another rank failed (:class:`StopRun`) exits with status 2 silently:
+    the failing rank prints the one line.
+    """
     try:
         return main(argv)
+    except StopRun:
+        sys.exit(2)
     except USER_ERRORS as exc:
         prog = os.path.basename(sys.argv[0]) or "guided_diffusion"
         sys.stderr.write(f"{prog}: error: {exc}\n")
@@ -230,6 +427,7 @@ def run_cli(main, argv=None):
 __all__ = [
     "create_argparser",
     "output_filename",
+    "run_sampling",
     "run_single_process",
     "run_cli",
     "save_npz_atomic",

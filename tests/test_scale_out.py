@@ -1,0 +1,198 @@
+"""Scale-out sampling: same npz bytes for any process count / batch size, resume, refusals, NaN stop.
+
+A tiny class-conditional model (8 px, 32 channels, 4 DDIM steps) is written by the tests. Runs
+that must be separate processes (mpiexec, the hard-exit hook, the script itself) use subprocess;
+the rest call ``sample_cli`` in this process to keep the file fast.
+"""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from guided_diffusion import sample_cli, sample_parts
+from guided_diffusion.generate import LABEL_STREAM, SampleNoise
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "image_sample.py")
+SCRIPT_1GPU = os.path.join(ROOT, "scripts", "image_sample_1gpu.py")
+NUM_SAMPLES = 10
+NAN_INDEX = 3  # the NaN checkpoint breaks this sample only (through its class label)
+MODEL = dict(
+    image_size=8,
+    num_channels=32,
+    channel_mult="1",
+    num_res_blocks=1,
+    attention_resolutions="8",
+    class_cond=True,
+    diffusion_steps=100,
+)
+NPZ_NAME = "adm_cifar_ddim4step.npz"
+
+
+def flags(model_path, out_dir, **extra):
+    values = {**MODEL, "timestep_respacing": "ddim4", "use_ddim": True, "num_samples": NUM_SAMPLES,
+              "progress": False, "model_path": model_path, "out_dir": out_dir, **extra}
+    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs use one thread: the machine is shared, and oversubscription is very slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scale_out")
+    kw = model_and_diffusion_defaults()
+    kw.update(MODEL)
+    torch.manual_seed(0)
+    model, _ = create_model_and_diffusion(**kw)
+    sd = model.state_dict()
+    good = str(folder / "tiny.pt")
+    torch.save(sd, good)
+    label = int(SampleNoise(0).integers(torch.tensor([NAN_INDEX]), LABEL_STREAM, 1000)[0])
+    others = SampleNoise(0).integers(torch.arange(NUM_SAMPLES), LABEL_STREAM, 1000).tolist()
+    assert others.count(label) == 1
+    sd = {k: v.clone() for k, v in sd.items()}
+    sd["label_emb.weight"][label] = float("nan")
+    bad = str(folder / "nan.pt")
+    torch.save(sd, bad)
+    return {"good": good, "nan": bad, "dir": folder}
+
+
+def run_here(argv):
+    """The sampling command in this process (single process); returns the npz path."""
+    args = sample_cli.create_argparser().parse_args(argv)
+    return sample_cli.run_single_process(args, torch.device("cpu"))
+
+
+def run_proc(argv, launcher=(), env=None, script=SCRIPT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([*launcher, sys.executable, script, *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(ckpts):
+    """npz bytes of one plain process of scripts/image_sample.py (batch 4)."""
+    out = ckpts["dir"] / "ref"
+    res = run_proc(flags(ckpts["good"], out, batch_size=4))
+    assert res.returncode == 0, res.stderr
+    assert not os.path.exists(str(out / NPZ_NAME) + ".parts")
+    return (out / NPZ_NAME).read_bytes()
+
+
+def test_npz_format_matches_np_savez(reference):
+    z = np.load(io.BytesIO(reference))
+    assert sorted(z.files) == ["arr_0", "arr_1"]
+    assert z["arr_0"].shape == (NUM_SAMPLES, 8, 8, 3) and z["arr_0"].dtype == np.uint8
+    assert z["arr_1"].dtype == np.int64
+    buf = io.BytesIO()
+    np.savez(buf, z["arr_0"], z["arr_1"])
+    assert buf.getvalue() == reference
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_batch_size_does_not_change_bytes(ckpts, reference, tmp_path, batch_size):
+    grid = tmp_path / "grid.png"
+    path = run_here(flags(ckpts["good"], tmp_path, batch_size=batch_size, grid=grid, grid_size=4))
+    assert open(path, "rb").read() == reference
+    assert grid.exists()
+
+
+def test_1gpu_script_same_bytes(ckpts, reference, tmp_path):
+    res = run_proc(flags(ckpts["good"], tmp_path, batch_size=10), script=SCRIPT_1GPU)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / NPZ_NAME).read_bytes() == reference
+
+
+@pytest.mark.mpi
+def test_mpiexec_two_ranks_same_bytes(ckpts, reference, tmp_path):
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec not installed")
+    # batch 4: 3 batches, so rank 0 has two and rank 1 one (unequal counts must not hang).
+    res = run_proc(flags(ckpts["good"], tmp_path, batch_size=4), launcher=("mpiexec", "-n", "2"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / NPZ_NAME).read_bytes() == reference
+
+
+def test_kill_and_resume_same_bytes(ckpts, reference, tmp_path):
+    argv = flags(ckpts["good"], tmp_path, batch_size=3)
+    res = run_proc(argv, env={sample_cli.EXIT_AFTER_PARTS_ENV: "2"})
+    assert res.returncode != 0
+    parts_dir = str(tmp_path / NPZ_NAME) + ".parts"
+    assert [p[:2] for p in sample_parts.list_parts(parts_dir)] == [(0, 3), (3, 6)]
+    assert not (tmp_path / NPZ_NAME).exists()
+    # A stray temporary from the killed process is cleaned; another batch size may resume.
+    open(os.path.join(parts_dir, ".tmp-stale.npz"), "wb").close()
+    path = run_here(flags(ckpts["good"], tmp_path, batch_size=4))
+    assert open(path, "rb").read() == reference
+    assert not os.path.exists(parts_dir)
+
+
+def test_keep_parts_then_more_samples(ckpts, reference, tmp_path):
+    run_here(flags(ckpts["good"], tmp_path, batch_size=4, num_samples=6, keep_parts=True))
+    z = np.load(tmp_path / NPZ_NAME)
+    ref = np.load(io.BytesIO(reference))
+    assert np.array_equal(z["arr_0"], ref["arr_0"][:6])
+    path = run_here(flags(ckpts["good"], tmp_path, batch_size=4))
+    assert open(path, "rb").read() == reference
+
+
+def test_mismatched_parts_refused(ckpts, tmp_path, capsys):
+    argv = flags(ckpts["good"], tmp_path, batch_size=4, keep_parts=True)
+    run_here(argv)
+    with pytest.raises(SystemExit) as exc:
+        sample_cli.run_cli(run_here, flags(ckpts["good"], tmp_path, batch_size=4, seed=1, eta=0.5))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "seed" in err and "eta" in err and "--overwrite True" in err
+    before = (tmp_path / NPZ_NAME).read_bytes()
+    run_here(flags(ckpts["good"], tmp_path, batch_size=4, seed=1, overwrite=True))
+    assert (tmp_path / NPZ_NAME).read_bytes() != before
+
+
+def test_nan_sample_stops_single_process(ckpts, tmp_path):
+    res = run_proc(flags(ckpts["nan"], tmp_path, batch_size=2))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"sample {NAN_INDEX} " in lines[0] and "DDIM" in lines[0], res.stderr
+    assert not (tmp_path / NPZ_NAME).exists()
+    done = [p[:2] for p in sample_parts.list_parts(str(tmp_path / NPZ_NAME) + ".parts")]
+    assert done == [(0, 2)]  # the failing batch [2, 4) wrote nothing
+
+
+@pytest.mark.mpi
+def test_nan_sample_stops_every_rank(ckpts, tmp_path):
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec not installed")
+    # batch 2: [2, 4) is rank 1's first batch, so rank 1 fails and rank 0 must stop too.
+    res = run_proc(flags(ckpts["nan"], tmp_path, batch_size=2), launcher=("mpiexec", "-n", "2"))
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"sample {NAN_INDEX} " in lines[0], res.stderr
+    assert not (tmp_path / NPZ_NAME).exists()
+
+
+def test_plan_and_streaming_writer():
+    done = sample_parts.done_intervals([(0, 4, ""), (3, 6, ""), (8, 9, ""), (12, 20, "")], 10)
+    assert done == [(0, 6), (8, 9)]
+    assert sample_parts.plan_batches(done, 10, 3) == [(6, 8), (9, 10)]
+    assert sample_parts.plan_batches([], 7, 3) == [(0, 3), (3, 6), (6, 7)]
+    a = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+    buf, ref = io.BytesIO(), io.BytesIO()
+    sample_parts.write_npz_streaming(buf, [("arr_0", np.uint8, a.shape, [a[:2], a[2:]])])
+    np.savez(ref, a)
+    assert buf.getvalue() == ref.getvalue()
