@@ -24,6 +24,7 @@ size, process count, or number of interruptions.
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import sys
@@ -65,6 +66,7 @@ SCRIPT_DEFAULTS = dict(
     progress=True,
     keep_parts=False,
     overwrite=False,
+    compare_grid="",
 )
 
 SCRIPT_HELP = {
@@ -88,6 +90,8 @@ SCRIPT_HELP = {
     "progress": "show a progress bar (rank 0, counting every process's samples) and the images/s",
     "keep_parts": "keep OUT.npz.parts/ (finished batches) after writing OUT.npz; a later run with a "
     "larger --num_samples then only makes the new samples",
+    "compare_grid": "also write a PNG comparing the first --grid_size samples without (left) and with "
+    "(right) the time shift, same seeds (uses --window/--cutoff/--ts_rule even if --do_time_shift is False)",
     "overwrite": "discard finished parts in OUT.npz.parts/ and start over (needed when the "
     "pixel-affecting flags or the checkpoint changed)",
 }
@@ -97,7 +101,7 @@ SCRIPT_HELP = {
 # --num_samples only decides which indices are wanted: sample k does not depend on it.)
 NON_PIXEL_FLAGS = frozenset(
     [
-        "out_dir", "progress", "batch_size", "gpu_id", "num_samples", "grid", "grid_size",
+        "out_dir", "progress", "batch_size", "gpu_id", "num_samples", "grid", "grid_size", "compare_grid",
         "keep_parts", "overwrite", "data_type", "model_type", "model_path",
         "classifier_scale", "classifier_depth", "classifier_path",
         # training-only model/diffusion flags
@@ -126,6 +130,41 @@ def create_argparser(description=None):
         if action.dest == "attention":
             action.choices = ("sdpa", "math")
     return parser
+
+
+def _given(argv, name):
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+
+
+def parse_sampling_args(argv=None, description=None):
+    """Parse the sampling flags; with no --model_path and no model flags, use the bundled demo model.
+
+    The demo model (``guided_diffusion/assets``, a grey-scale Fashion-MNIST UNet) gets its own
+    model flags, and ``--data_type``/``--model_type`` default to its names, so a fresh clone
+    can sample with no download.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = create_argparser(description).parse_args(argv)
+    model_keys = set(model_and_diffusion_defaults()) - {
+        "timestep_respacing", "do_time_shift", "window", "cutoff", "ts_rule"}
+    if args.model_path or any(_given(argv, k) for k in model_keys):
+        return args
+    from . import demo
+
+    if not demo.demo_available():
+        raise CheckpointError(
+            f"no --model_path given and the bundled demo model is missing ({demo.DEMO_CHECKPOINT}); "
+            "pass --model_path and your checkpoint's model flags"
+        )
+    with open(demo.DEMO_FLAGS) as f:
+        info = json.load(f)
+    for key, value in info["model_flags"].items():
+        setattr(args, key, value)
+    args.model_path = demo.DEMO_CHECKPOINT
+    for key in ("data_type", "model_type"):
+        if not _given(argv, key):
+            setattr(args, key, info[key])
+    return args
 
 
 def output_filename(args):
@@ -159,6 +198,25 @@ def save_grid_png(path, images, nrow=None):
     """A PNG grid of (N, H, W, 3) uint8 images, written atomically."""
     from PIL import Image
 
+    _save_png_atomic(path, Image.fromarray(grid_array(images, nrow)))
+
+
+def _save_png_atomic(path, img):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def grid_array(images, nrow=None):
+    """(N, H, W, 3) uint8 -> one (rows*(H+2)+2, nrow*(W+2)+2, 3) grid image with 2-pixel gaps."""
     n, h, w, c = images.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     ncol = int(np.ceil(n / nrow))
@@ -166,17 +224,7 @@ def save_grid_png(path, images, nrow=None):
     for k in range(n):
         r, q = divmod(k, nrow)
         grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = images[k]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    return grid
 
 
 def validate_args(args):
@@ -397,7 +445,38 @@ def run_sampling(args, device=None):
         sample_parts.remove_parts(parts_dir)
     if args.grid and grid is not None:
         save_grid_png(args.grid, grid)
+    if args.compare_grid:
+        write_compare_grid(args, model, diffusion, device, sample_kwargs)
     return out_path
+
+
+def write_compare_grid(args, model, diffusion, device, sample_kwargs):
+    """PNG: the first --grid_size samples without (left) and with (right) the time shift, same seeds."""
+    from PIL import Image, ImageDraw
+
+    from .time_shift import TimeShift
+
+    n = min(args.grid_size, args.num_samples)
+    shift = TimeShift(int(args.window), int(args.cutoff), args.ts_rule)
+    panels = []
+    for ts in (None, shift):
+        batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device,
+                                      time_shift=ts, **sample_kwargs))
+        panels.append(grid_array(batch.images))
+    name = "DDIM" if args.use_ddim else "DDPM"
+    steps = args.timestep_respacing or "all"
+    titles = (f"{name}, {steps} steps", f"TS-{name} (w={args.window}, c={args.cutoff}, {args.ts_rule})")
+    h, w, _ = panels[0].shape
+    canvas = np.full((h + 16, 2 * w + 8, 3), 255, dtype=np.uint8)
+    canvas[16:, :w] = panels[0]
+    canvas[16:, w + 8 :] = panels[1]
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    draw.text((2, 2), titles[0], fill=(0, 0, 0))
+    draw.text((w + 10, 2), titles[1], fill=(0, 0, 0))
+    scale = max(1, -(-800 // img.width))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    _save_png_atomic(args.compare_grid, img)
 
 
 def run_single_process(args, device):

@@ -24,11 +24,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from guided_diffusion.sample_cli import create_argparser, run_cli, run_sampling  # noqa: E402
+from guided_diffusion.sample_cli import parse_sampling_args, run_cli, run_sampling  # noqa: E402
 
 
 def main(argv=None):
-    args = create_argparser(description=__doc__.split("\n")[0]).parse_args(argv)
+    args = parse_sampling_args(argv, description=__doc__.split("\n")[0])
     if args.gpu_id:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_id  # before CUDA starts
     from guided_diffusion import dist_util
