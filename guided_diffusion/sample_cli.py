@@ -36,6 +36,7 @@ import torch
 
 from . import sample_parts
 from .checkpoint import CheckpointError, load_checkpoint_into
+from .fast_path import apply_fast_path
 from .generate import NonFiniteSampleError, generate_samples
 from .script_util import (
     add_dict_to_argparser,
@@ -62,7 +63,10 @@ SCRIPT_DEFAULTS = dict(
     eta=0.0,
     grid="",
     grid_size=64,
-    attention="sdpa",
+    attention="math",
+    autocast="none",
+    channels_last=False,
+    compile=False,
     progress=True,
     keep_parts=False,
     overwrite=False,
@@ -86,7 +90,10 @@ SCRIPT_HELP = {
     "eta": "DDIM eta (0 = deterministic DDIM)",
     "grid": "also write a PNG grid of the first samples to this path",
     "grid_size": "number of samples in the --grid PNG",
-    "attention": "attention kernel: sdpa (fused) or math (upstream einsum)",
+    "autocast": "fast path: run the network under torch.autocast with none, bf16 or fp16 (changes numbers)",
+    "channels_last": "fast path: channels_last memory format for the network",
+    "compile": "fast path: wrap the network in torch.compile",
+    "attention": "attention kernel: math (upstream einsum) or sdpa (fused scaled_dot_product_attention)",
     "progress": "show a progress bar (rank 0, counting every process's samples) and the images/s",
     "keep_parts": "keep OUT.npz.parts/ (finished batches) after writing OUT.npz; a later run with a "
     "larger --num_samples then only makes the new samples",
@@ -129,6 +136,8 @@ def create_argparser(description=None):
     for action in parser._actions:
         if action.dest == "attention":
             action.choices = ("sdpa", "math")
+        if action.dest == "autocast":
+            action.choices = ("none", "bf16", "fp16")
     return parser
 
 
@@ -248,9 +257,12 @@ def build_model_and_diffusion(args, device, checkpoint_bytes=None):
     model.to(device)
     if args.use_fp16:
         model.convert_to_fp16()
-    model.set_attention_impl(args.attention)
     model.eval()
-    return model, diffusion
+    runner = apply_fast_path(model, device=device, attention=args.attention, autocast=args.autocast,
+                             channels_last=args.channels_last, compile=args.compile)
+    if runner is not model:
+        runner.num_classes = model.num_classes
+    return runner, diffusion
 
 
 def sampler_settings(args):

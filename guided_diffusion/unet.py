@@ -9,9 +9,10 @@ against committed manifests.
 The network knows nothing about diffusion: it maps ``(x, t[, y])`` to the output channels.
 Timesteps are whatever the caller passes (original, un-respaced timesteps for ADM checkpoints).
 
-Attention can run through ``torch.nn.functional.scaled_dot_product_attention`` ("sdpa", the
-default) or through upstream's explicit einsum/softmax ("math"). Both give the same float32
-results to ~1e-6; see ``UNetModel.set_attention_impl``.
+Attention runs through upstream's explicit einsum/softmax ("math", the default) or through
+``torch.nn.functional.scaled_dot_product_attention`` ("sdpa"). Both give the same float32 results
+to ~1e-6; "math" is the default because it was as fast or faster where measured (the seed CIFAR-10
+model: 57.1 vs 63.6 ms per batch-256 forward on an H200, and about equal on this 2-core CPU).
 """
 
 import math
@@ -196,7 +197,7 @@ def _attend(q, k, v, impl):
 class QKVAttentionLegacy(nn.Module):
     """Attention on a (B, heads*3*ch, L) qkv tensor split into heads first (legacy order)."""
 
-    def __init__(self, n_heads, impl="sdpa"):
+    def __init__(self, n_heads, impl="math"):
         super().__init__()
         self.n_heads = n_heads
         self.impl = impl
@@ -212,7 +213,7 @@ class QKVAttentionLegacy(nn.Module):
 class QKVAttention(nn.Module):
     """Attention on a (B, 3*heads*ch, L) qkv tensor split into q, k, v first (new order)."""
 
-    def __init__(self, n_heads, impl="sdpa"):
+    def __init__(self, n_heads, impl="math"):
         super().__init__()
         self.n_heads = n_heads
         self.impl = impl
@@ -434,7 +435,7 @@ class UNetModel(nn.Module):
         self.output_blocks.apply(convert_module_to_f32)
 
     def set_attention_impl(self, impl):
-        """Choose the attention kernel: "sdpa" (fused, default) or "math" (upstream einsum)."""
+        """Choose the attention kernel: "math" (upstream einsum, default) or "sdpa" (fused)."""
         return _set_attention_impl(self, impl)
 
     def forward(self, x, timesteps, y=None):
