@@ -257,7 +257,13 @@ class GaussianDiffusion(TrainingLossesMixin):
         elif self.model_mean_type == ModelMeanType.START_X:
             pred_xstart = process_xstart(model_output)
         else:
-            pred_xstart = process_xstart(self._predict_xstart_from_eps(x, t, model_output))
+            # x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps (Ho et al. eq. 4 solved for x0), in two passes
+            sr = self._per_sample(self._table("sqrt_recip_alphas_cumprod", t.device)[t], x)
+            srm1 = self._per_sample(self._table("sqrt_recipm1_alphas_cumprod", t.device)[t], x)
+            x0 = torch.addcmul(x * sr, model_output, -srm1)
+            if denoised_fn is not None:
+                x0 = denoised_fn(x0)
+            pred_xstart = x0.clamp_(-1, 1) if clip_denoised else x0
         return {"model_output": model_output, "var_values": var_values, "pred_xstart": pred_xstart}
 
     def _nominal_log_variance(self, var_values, t, shape):
@@ -317,6 +323,15 @@ class GaussianDiffusion(TrainingLossesMixin):
         return out
 
     # ----------------------------------------------------------------- one sampling step
+    @staticmethod
+    def _is_last(t, is_last):
+        """Whether this is the final step (respaced t == 0); reads t[0] only if not told."""
+        return bool(is_last) if is_last is not None else int(t.reshape(-1)[0]) == 0
+
+    def _per_sample(self, c, x):
+        """(B,) float64 coefficients -> (B, 1, ..., 1) in x's dtype."""
+        return c.to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+
     def ddim_step(
         self,
         model,
@@ -335,7 +350,7 @@ class GaussianDiffusion(TrainingLossesMixin):
         """One DDIM update (Song et al. eq. 12) from respaced step ``t`` to a target noise level.
 
         :param x: (B, C, H, W) state at respaced step ``t`` (B,); all t equal within a batch.
-        :param target_alphas_cumprod: (B,) float64 alpha_bar of the state to produce, per sample
+        :param target_alphas_cumprod: (B,) float64 alpha_bar a' of the state to produce, per sample
             (time shift); None means the nominal ``alphas_cumprod_prev[t]``.
         :param eta: 0 for deterministic DDIM; 1 gives DDPM's posterior variance.
         :param draw_noise: callable returning a (B, C, H, W) standard normal; called only when
@@ -343,10 +358,13 @@ class GaussianDiffusion(TrainingLossesMixin):
         :param is_last: whether t == 0 (the loops pass it to avoid a device read; None reads t[0]).
         :return: {"sample", "pred_xstart"}.
 
-        sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a'). When the target is noisier than
-        the current state (a' < a, possible with a time shift), the square root's argument is
-        clamped at 0, so sigma = 0 and the step deterministically re-noises x0 to level a'
-        (upstream computed 0 * NaN = NaN there, even for eta = 0).
+        With eps = (x / sqrt(a) - x0) / sqrt(1/a - 1) re-derived from the clipped x0,
+        x' = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z, and
+        sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a'). The update is evaluated as
+        ``c_x0 * x0 + c_x * x`` with per-sample coefficients computed in float64 (two passes over
+        the batch). When the target is noisier than the current state (a' < a, possible with a
+        time shift), ``1 - a / a'`` is clamped at 0, so sigma = 0 and the step deterministically
+        re-noises x0 to level a' (upstream computed 0 * NaN = NaN there, even for eta = 0).
         """
         if cond_fn is not None:
             out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
@@ -354,25 +372,25 @@ class GaussianDiffusion(TrainingLossesMixin):
         else:
             out = self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         pred_xstart = out["pred_xstart"]
-        eps = self._predict_eps_from_xstart(x, t, pred_xstart)
+        a = self._table("alphas_cumprod", t.device)[t]
         if target_alphas_cumprod is None:
-            alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x.shape)
+            a_next = self._table("alphas_cumprod_prev", t.device)[t]
         else:
-            tgt = target_alphas_cumprod.float()
-            alpha_bar_prev = tgt.reshape(tgt.shape + (1,) * (x.ndim - 1)).expand(x.shape)
-        if eta > 0 and not self._is_last(t, is_last):
-            alpha_bar = self._extract("alphas_cumprod", t, x.shape)
-            sigma = (
-                eta
-                * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-                * torch.sqrt((1 - alpha_bar / alpha_bar_prev).clamp(min=0))
-            )
-            mean_pred = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(
-                (1 - alpha_bar_prev - sigma**2).clamp(min=0)
-            ) * eps
-            sample = mean_pred + sigma * draw_noise()
+            a_next = target_alphas_cumprod.to(device=a.device, dtype=a.dtype)
+        stochastic = eta > 0 and not self._is_last(t, is_last)
+        if stochastic:
+            sigma = eta * torch.sqrt((1 - a_next) / (1 - a)) * torch.sqrt((1 - a / a_next).clamp(min=0))
+            k = torch.sqrt((1 - a_next - sigma**2).clamp(min=0))
         else:
-            sample = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev) * eps
+            k = torch.sqrt(1 - a_next)
+        # x' = sqrt(a') x0 + k * eps, eps = (x * sr - x0) / srm1  (Song et al. eq. 12)
+        sr = self._table("sqrt_recip_alphas_cumprod", t.device)[t]
+        srm1 = self._table("sqrt_recipm1_alphas_cumprod", t.device)[t]
+        c_x0 = self._per_sample(torch.sqrt(a_next) - k / srm1, x)
+        c_x = self._per_sample(k * sr / srm1, x)
+        sample = torch.addcmul(x * c_x, pred_xstart, c_x0)
+        if stochastic:
+            sample.addcmul_(self._per_sample(sigma, x), draw_noise())
         return {"sample": sample, "pred_xstart": pred_xstart}
 
     def ddpm_step(
@@ -392,7 +410,8 @@ class GaussianDiffusion(TrainingLossesMixin):
         """One ancestral step x_{t-1} ~ p(x_{t-1} | x_t) (Ho et al. alg. 2), optionally retargeted.
 
         :param target_alphas_cumprod: (B,) float64 alpha_bar a' of the state to produce (TS-DDPM);
-            None gives upstream's ``p_sample`` exactly.
+            None gives upstream's ``p_sample`` (same formulas; evaluated as per-sample
+            coefficients, equal to upstream's arithmetic up to float32 rounding).
         :param draw_noise: callable returning a (B, C, H, W) standard normal (not called at t = 0).
         :param is_last: whether t == 0 (None reads t[0]).
 
@@ -405,54 +424,60 @@ class GaussianDiffusion(TrainingLossesMixin):
         posterior: the step re-noises deterministically, x' = sqrt(a') x0 + sqrt(1-a') eps.
         """
         pred = self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-        pred_xstart = pred["pred_xstart"]
-        if target_alphas_cumprod is None:
-            if self.model_mean_type == ModelMeanType.PREVIOUS_X:
-                mean = pred["model_output"]
-            else:
-                mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
-            log_variance = self._nominal_log_variance(pred["var_values"], t, x.shape)
+        pred_xstart, v = pred["pred_xstart"], pred["var_values"]
+        c_x0, c_x, min_log, max_log = self._posterior_coefficients(t, target_alphas_cumprod)
+        if target_alphas_cumprod is None and self.model_mean_type == ModelMeanType.PREVIOUS_X:
+            mean = pred["model_output"]
         else:
-            mean, log_variance = self._shifted_posterior(pred, x, t, target_alphas_cumprod)
-        if cond_fn is not None:
-            variance = torch.exp(log_variance)
-            mean = self.condition_mean(cond_fn, {"mean": mean, "variance": variance}, x, t, model_kwargs)
-        if self._is_last(t, is_last):
+            mean = torch.addcmul(x * self._per_sample(c_x, x), pred_xstart, self._per_sample(c_x0, x))
+        last = self._is_last(t, is_last)
+        if last and cond_fn is None:
             return {"sample": mean, "pred_xstart": pred_xstart}
-        return {"sample": mean + torch.exp(0.5 * log_variance) * draw_noise(), "pred_xstart": pred_xstart}
-
-    def _shifted_posterior(self, pred, x, t, target):
-        """Mean and log variance of the TS-DDPM step to per-sample alpha_bar ``target`` (B,)."""
-        a = self._table("alphas_cumprod", t.device)[t]
-        a_next = target.to(a.dtype)
-        beta = (1 - a / a_next).clamp(min=0)
-        forward = a_next >= a
-        coef_x0 = torch.where(forward, beta * a_next.sqrt() / (1 - a),
-                              a_next.sqrt() - (a * (1 - a_next) / (1 - a)).sqrt())
-        coef_xt = torch.where(forward, (1 - a_next) * (1 - beta).sqrt() / (1 - a),
-                              ((1 - a_next) / (1 - a)).sqrt())
-        post_var = beta * (1 - a_next) / (1 - a)
-        tiny = 1e-20
-        if self.model_var_type == ModelVarType.FIXED_LARGE:
-            log_var = torch.log(beta.clamp(min=tiny))
-        else:
-            log_var = torch.log(post_var.clamp(min=tiny))
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        log_var = log_var.float().reshape(shape)
+        # std = exp(log_var / 2), log_var = frac * max_log + (1 - frac) * min_log, frac = (v + 1) / 2
         if self.model_var_type == ModelVarType.LEARNED_RANGE:
-            frac = (pred["var_values"] + 1) / 2
-            log_var = frac * torch.log(beta.clamp(min=tiny)).float().reshape(shape) + (1 - frac) * log_var
+            half = ((max_log - min_log) / 4).nan_to_num(0.0)  # -inf - -inf where the step only re-noises
+            std = torch.addcmul(self._per_sample(min_log / 2 + half, x), v, self._per_sample(half, x)).exp_()
         elif self.model_var_type == ModelVarType.LEARNED:
-            log_var = pred["var_values"]
-        # No noise where the step has no posterior (re-noising to a noisier level).
-        log_var = torch.where(forward.reshape(shape), log_var, torch.full_like(log_var, -float("inf")))
-        mean = coef_x0.float().reshape(shape) * pred["pred_xstart"] + coef_xt.float().reshape(shape) * x
-        return mean, log_var.expand(x.shape)
+            std = torch.exp(0.5 * v)
+            if target_alphas_cumprod is not None:  # no noise where the step only re-noises
+                std = std * self._per_sample(torch.isfinite(min_log).double(), x)
+        else:
+            std = self._per_sample(torch.exp(0.5 * min_log), x)
+        if cond_fn is not None:
+            mean = self.condition_mean(cond_fn, {"mean": mean, "variance": std * std}, x, t, model_kwargs)
+            if last:
+                return {"sample": mean, "pred_xstart": pred_xstart}
+        return {"sample": mean.addcmul_(std, draw_noise()), "pred_xstart": pred_xstart}
 
-    @staticmethod
-    def _is_last(t, is_last):
-        """Whether this is the final step (respaced t == 0); reads t[0] only if not told."""
-        return bool(is_last) if is_last is not None else int(t.reshape(-1)[0]) == 0
+    def _posterior_coefficients(self, t, target=None):
+        """(B,) float64 coefficients of one ancestral step: mean = c_x0 * x0 + c_x * x_t, and the
+        two log variances the variance type picks from (min_log: posterior / fixed, max_log: beta).
+
+        Nominal (target None): upstream's tables. Shifted: the posterior between alpha_bar_t and
+        the target (see ``ddpm_step``); where the target is noisier, a deterministic re-noise with
+        log variance -inf.
+        """
+        if target is None:
+            c_x0 = self._table("posterior_mean_coef1", t.device)[t]
+            c_x = self._table("posterior_mean_coef2", t.device)[t]
+            large = self.model_var_type == ModelVarType.FIXED_LARGE
+            min_log = self._table("fixed_large_log_variance" if large else "posterior_log_variance_clipped",
+                                  t.device)[t]
+            return c_x0, c_x, min_log, self._table("log_betas", t.device)[t]
+        a = self._table("alphas_cumprod", t.device)[t]
+        a_next = target.to(device=a.device, dtype=a.dtype)
+        forward = a_next >= a
+        beta = (1 - a / a_next).clamp(min=0)
+        c_x0 = torch.where(forward, beta * a_next.sqrt() / (1 - a), a_next.sqrt() - (a * (1 - a_next) / (1 - a)).sqrt())
+        c_x = torch.where(forward, (1 - a_next) * (1 - beta).sqrt() / (1 - a), ((1 - a_next) / (1 - a)).sqrt())
+        tiny = 1e-20
+        max_log = torch.log(beta.clamp(min=tiny))
+        post_log = torch.log((beta * (1 - a_next) / (1 - a)).clamp(min=tiny))
+        min_log = max_log if self.model_var_type == ModelVarType.FIXED_LARGE else post_log
+        no_noise = torch.full_like(min_log, -float("inf"))
+        min_log = torch.where(forward, min_log, no_noise)
+        max_log = torch.where(forward, max_log, no_noise)
+        return c_x0, c_x, min_log, max_log
 
     # ----------------------------------------------------------------- loops (upstream API)
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None):
