@@ -1,0 +1,61 @@
+"""Time one network forward of the seed CIFAR-10 model under each fast-path variant (GPU check).
+
+    python scripts/time_forward_variants.py --batch_size 256
+
+Prints ms per forward (mean of 10 after one warm-up, CUDA synchronised) for: upstream einsum
+attention in fp32, fused sdpa in fp32, sdpa with bf16 / fp16 autocast, channels_last, and TF32.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+from guided_diffusion.fast_path import apply_fast_path  # noqa: E402
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults  # noqa: E402
+from scripts.benchmark_sampling import SEED_CONFIG  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch_size", type=int, default=256, help="images per forward")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per variant")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net, _ = create_model_and_diffusion(**dict(model_and_diffusion_defaults(), **SEED_CONFIG))
+    net.to(device).eval()
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    t = torch.full((args.batch_size,), 500, device=device)
+
+    def timed(fn):
+        with torch.no_grad():
+            fn(x, t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                fn(x, t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return (time.perf_counter() - start) / args.repeats * 1e3
+
+    variants = [("math fp32", dict(attention="math")), ("sdpa fp32", dict(attention="sdpa")),
+                ("sdpa bf16", dict(attention="sdpa", autocast="bf16")),
+                ("sdpa fp16", dict(attention="sdpa", autocast="fp16")),
+                ("sdpa bf16 cl", dict(attention="sdpa", autocast="bf16", channels_last=True)),
+                ("sdpa fp32 cl", dict(attention="sdpa", channels_last=True))]
+    for name, kw in variants:
+        net.to(memory_format=torch.contiguous_format)
+        print(name, round(timed(apply_fast_path(net, device=device, **kw)), 2), "ms", flush=True)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        print("sdpa tf32", round(timed(apply_fast_path(net, device=device, attention="sdpa")), 2), "ms")
+
+
+if __name__ == "__main__":
+    main()
