@@ -126,3 +126,23 @@ def test_nan_model_stops_without_output(seed_checkpoint, tmp_path):
     res = _run(["--model_path", str(tmp_path / "nan.pt"), "--out_dir", str(tmp_path / "o"), *SEED_FLAGS])
     _assert_clean_failure(res, tmp_path / "o", "is not finite")
     assert "sample 0" in res.stderr and "window=80" in res.stderr
+
+
+def test_default_demo_model_with_compare_grid(tmp_path):
+    """No --model_path and no model flags: the bundled demo model samples and writes the comparison PNG."""
+    res = _run(["--num_samples", "4", "--batch_size", "4", "--use_ddim", "True", "--timestep_respacing", "ddim4",
+                "--do_time_shift", "True", "--window", "40", "--cutoff", "300", "--out_dir", str(tmp_path),
+                "--compare_grid", str(tmp_path / "cmp.png"), "--grid_size", "4", "--progress", "False"])
+    assert res.returncode == 0, res.stderr
+    with np.load(tmp_path / "demo_fmnist32_ddim4step_40win_300cut.npz") as data:
+        images = data["arr_0"]
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images[..., 0], images[..., 2])  # grey model, replicated to RGB
+    from PIL import Image
+
+    assert Image.open(tmp_path / "cmp.png").width >= 800
+
+
+def test_model_flags_without_checkpoint_is_an_error(tmp_path):
+    res = _run(["--image_size", "32", "--num_samples", "2", "--out_dir", str(tmp_path / "o")])
+    _assert_clean_failure(res, tmp_path / "o", "--model_path")
