@@ -242,7 +242,8 @@ def main(argv=None):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
         from evaluations.evaluator import evaluate
 
-        for cell in cells:
+        # Whole step-count columns first (grid before search cells), so a partial run compares samplers.
+        for cell in sorted(cells, key=lambda c: (not c["grid"], c["steps"])):
             npz = cell_npz(cell, ours)
             if cell["key"] in results or npz is None:
                 continue
