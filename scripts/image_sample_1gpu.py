@@ -12,6 +12,12 @@ The paper's command (TS-DDIM, 5 steps, CIFAR-10 ADM checkpoint):
 
 writes OUTPUT_DIR/adm_cifar10_ddim5step_80win_300cut.npz (arr_0: uint8 NHWC). Runs on CUDA when
 present, else the CPU; needs no MPI. For several GPUs: mpiexec -n N python scripts/image_sample.py.
+With no --model_path and no model flags it samples the bundled demo model (Fashion-MNIST):
+
+    python scripts/image_sample_1gpu.py --num_samples 64 --use_ddim True --timestep_respacing ddim10 \
+        --do_time_shift True --window 40 --cutoff 300 --out_dir out --compare_grid out/cmp.png
+
+Finished batches are kept in OUT.npz.parts/ until the npz is written: rerun to resume.
 """
 
 import os
