@@ -148,12 +148,16 @@ def create_model_and_diffusion(**kwargs):
     """Build (model, diffusion) from upstream's flat keywords (see ``model_and_diffusion_defaults``)."""
     model_cfg, diff_cfg, ts_cfg = configs_from_kwargs(**kwargs)
     model = create_model(**dataclasses.asdict(model_cfg))
-    diffusion = create_gaussian_diffusion(
+    diffusion = _diffusion_from_configs(diff_cfg, ts_cfg)
+    return model, diffusion
+
+
+def _diffusion_from_configs(diff_cfg, ts_cfg):
+    return create_gaussian_diffusion(
         steps=diff_cfg.diffusion_steps,
         **{k: v for k, v in dataclasses.asdict(diff_cfg).items() if k != "diffusion_steps"},
         **dataclasses.asdict(ts_cfg),
     )
-    return model, diffusion
 
 
 def parse_channel_mult(channel_mult, image_size):
@@ -334,11 +338,7 @@ def create_classifier_and_diffusion(**kwargs):
     classifier = create_classifier(**{k: v for k, v in kwargs.items() if k in clf_keys})
     rest = {k: v for k, v in kwargs.items() if k not in clf_keys}
     _, diff_cfg, ts_cfg = configs_from_kwargs(**rest)
-    diffusion = create_gaussian_diffusion(
-        steps=diff_cfg.diffusion_steps,
-        **{k: v for k, v in dataclasses.asdict(diff_cfg).items() if k != "diffusion_steps"},
-        **dataclasses.asdict(ts_cfg),
-    )
+    diffusion = _diffusion_from_configs(diff_cfg, ts_cfg)
     return classifier, diffusion
 
 
@@ -376,11 +376,7 @@ def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
         resblock_updown=mk["resblock_updown"],
         use_fp16=mk["use_fp16"],
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diff_cfg.diffusion_steps,
-        **{k: v for k, v in dataclasses.asdict(diff_cfg).items() if k != "diffusion_steps"},
-        **dataclasses.asdict(ts_cfg),
-    )
+    diffusion = _diffusion_from_configs(diff_cfg, ts_cfg)
     return model, diffusion
 
 
