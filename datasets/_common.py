@@ -24,6 +24,9 @@ import zipfile
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from guided_diffusion.image_resize import center_crop_arr, crop_center  # noqa: E402,F401 (torch-free)
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp")
 
 
@@ -285,34 +288,13 @@ def _write_npy_entry(zf, name, shape, dtype, chunks):
 # Images
 
 
-def center_crop_arr(pil_image, image_size):
-    """
-    The upstream ADM resize (same rule as guided_diffusion.image_datasets.center_crop_arr):
-    halve with BOX while the shorter side is >= 2 * image_size, BICUBIC-resize the shorter
-    side to image_size, crop the centre. Returns uint8 (H, W[, C]).
-    """
-    while min(pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(s // 2 for s in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(pil_image.size)
-    new_size = tuple(round(s * scale) for s in pil_image.size)
-    if new_size != pil_image.size:
-        pil_image = pil_image.resize(new_size, resample=Image.BICUBIC)
-    arr = np.asarray(pil_image)
-    top = (arr.shape[0] - image_size) // 2
-    left = (arr.shape[1] - image_size) // 2
-    return arr[top:top + image_size, left:left + image_size]
-
-
 def lsun_resize_crop(pil_image, image_size):
     """Resize the shorter side to image_size with BOX, then crop the centre (LSUN rule)."""
     scale = image_size / min(pil_image.size)
     new_size = tuple(max(image_size, round(s * scale)) for s in pil_image.size)
     if new_size != pil_image.size:
         pil_image = pil_image.resize(new_size, resample=Image.BOX)
-    arr = np.asarray(pil_image)
-    top = (arr.shape[0] - image_size) // 2
-    left = (arr.shape[1] - image_size) // 2
-    return arr[top:top + image_size, left:left + image_size]
+    return crop_center(np.asarray(pil_image), image_size)
 
 
 def open_image(source, mode="RGB", name=None):

@@ -64,6 +64,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_resize import center_crop_arr
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 
 __all__ = [
@@ -134,26 +136,6 @@ def list_image_files_recursively(data_dir):
             if ext in IMAGE_EXTENSIONS:
                 results.append(os.path.join(root, name))
     return sorted(results)
-
-
-def center_crop_arr(pil_image, image_size):
-    """
-    Upstream guided-diffusion resize: halve with BOX while the shorter side is at least
-    2 * image_size, BICUBIC-resize so the shorter side is image_size, crop the centre.
-    Returns a uint8 array (H, W) or (H, W, C).
-    """
-    while min(pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(
-            tuple(s // 2 for s in pil_image.size), resample=Image.BOX
-        )
-    scale = image_size / min(pil_image.size)
-    new_size = tuple(round(s * scale) for s in pil_image.size)
-    if new_size != pil_image.size:
-        pil_image = pil_image.resize(new_size, resample=Image.BICUBIC)
-    arr = np.asarray(pil_image)
-    top = (arr.shape[0] - image_size) // 2
-    left = (arr.shape[1] - image_size) // 2
-    return arr[top : top + image_size, left : left + image_size]
 
 
 def _pil_mode(image_channels):
