@@ -4,16 +4,14 @@ setup(
     name="ts-guided-diffusion",
     version="0.1.0",
     description="ADM (guided-diffusion) with the Time-Shift sampler (TS-DPM, ICLR 2024)",
-    packages=find_packages(include=["guided_diffusion", "guided_diffusion.*"]),
+    packages=find_packages(include=["guided_diffusion", "guided_diffusion.*", "evaluations", "evaluations.*"]),
     package_data={"guided_diffusion": ["assets/*"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",
         "numpy",
-        "blobfile>=1.0.5",
         "Pillow",
         "tqdm",
-        "opencv-python-headless",
         "scipy",
     ],
     extras_require={

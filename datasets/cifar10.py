@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
+from guided_diffusion.dataset_prep import (
     Outputs, PrepError, add_overwrite_arg, load_pickle_batch, make_parser, planes_to_nhwc,
     precheck_outputs, require_dir, run_main, save_png, write_npz,
 )

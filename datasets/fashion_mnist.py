@@ -19,8 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
+from guided_diffusion.dataset_prep import (
     Outputs, PrepError, add_overwrite_arg, make_parser, positive_int, precheck_outputs,
     require_dir, run_main, write_npz,
 )

@@ -11,8 +11,7 @@ import functools
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
+from guided_diffusion.dataset_prep import (
     Outputs, PrepError, add_overwrite_arg, center_crop_arr, images_entry, list_images,
     make_parser, open_image, positive_int, precheck_outputs, require_dir, run_main,
     write_npz,

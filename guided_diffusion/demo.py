@@ -1,28 +1,63 @@
 """The bundled demo model: a small grey-scale ADM UNet trained on Fashion-MNIST 32x32.
 
 ``assets/demo_fmnist32.pt`` is its EMA state_dict and ``assets/demo_fmnist32.json`` its model and
-diffusion flags (see ``assets/MODEL_CARD.md``). Sampling scripts use it when they are given no
-``--model_path`` and no model flags, so a fresh clone can sample with no download.
+diffusion flags and output names (see ``assets/MODEL_CARD.md``). The sampling scripts and the
+table driver use it when they are given no ``--model_path`` and no model flags (or the demo's own
+checkpoint path and no model flags), so a fresh clone can sample with no download.
 """
 
 import json
 import os
 
+from .settings import DiffusionConfig, ModelConfig, field_names
+
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEMO_CHECKPOINT = os.path.join(ASSET_DIR, "demo_fmnist32.pt")
 DEMO_FLAGS = os.path.join(ASSET_DIR, "demo_fmnist32.json")
+
+# Flags that describe the model (so giving any of them means "not the demo"); the respacing is a
+# sampler choice and stays free.
+MODEL_FLAG_NAMES = frozenset(field_names(ModelConfig) + field_names(DiffusionConfig)) - {"timestep_respacing"}
 
 
 def demo_available():
     return os.path.isfile(DEMO_CHECKPOINT) and os.path.isfile(DEMO_FLAGS)
 
 
-def demo_flags():
-    """The demo model's model/diffusion flags (a dict of upstream flag names)."""
+def demo_settings():
+    """{flag: value} that select the demo model: model_path, its model flags, data_type, model_type."""
     if not demo_available():
-        raise FileNotFoundError(
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(
             f"no --model_path given and the bundled demo model is missing ({DEMO_CHECKPOINT}); "
-            "pass --model_path and the model flags of your checkpoint"
+            "pass --model_path and your checkpoint's model flags"
         )
     with open(DEMO_FLAGS) as f:
-        return json.load(f)["model_flags"]
+        info = json.load(f)
+    return dict(info["model_flags"], model_path=DEMO_CHECKPOINT, data_type=info["data_type"],
+                model_type=info["model_type"])
+
+
+def _given(argv, name):
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+
+
+def _is_demo_path(path):
+    return bool(path) and os.path.isfile(path) and os.path.realpath(path) == os.path.realpath(DEMO_CHECKPOINT)
+
+
+def maybe_use_demo(job, argv):
+    """``job`` switched to the demo model when ``argv`` names no model (see the module docstring).
+
+    ``--data_type`` / ``--model_type`` given on the command line are kept.
+    """
+    if any(_given(argv, k) for k in MODEL_FLAG_NAMES):
+        return job
+    if job.run.model_path and not _is_demo_path(job.run.model_path):
+        return job
+    settings = demo_settings()
+    for key in ("data_type", "model_type"):
+        if _given(argv, key):
+            settings.pop(key)
+    return job.with_flags(**settings)

@@ -268,3 +268,37 @@ def cleanup():
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ the rank protocol of a job
+def check_all(exc):
+    """Collective: if any rank holds an exception, the first such rank raises it, the others StopRun.
+
+    :param exc: this rank's exception, or None.
+    """
+    from .io_util import StopRun
+
+    failed = [r for r in all_gather_object(None if exc is None else get_rank()) if r is not None]
+    if not failed:
+        return
+    if exc is not None and failed[0] == get_rank():
+        raise exc
+    raise StopRun(f"rank {failed[0]} failed")
+
+
+def on_rank0(fn):
+    """Collective: ``fn()`` on rank 0, its result broadcast; if it raised, rank 0 re-raises, the others StopRun."""
+    from .io_util import StopRun
+
+    result, exc = None, None
+    if get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # reported below, on rank 0 only
+            exc = e
+    failed, result = broadcast_object((exc is not None, result))
+    if failed:
+        if exc is not None:
+            raise exc
+        raise StopRun("rank 0 failed")
+    return result

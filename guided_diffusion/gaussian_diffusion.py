@@ -2,8 +2,8 @@
 
 Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (learned variances, cosine schedule), Song et al.
 2021 (DDIM). Upstream method names and semantics of guided-diffusion are kept, so code written
-against its API keeps working; the loops are in :mod:`guided_diffusion.sampling` and are reached
-through the usual ``p_sample_loop`` / ``ddim_sample_loop`` methods.
+against its API keeps working; the loops are in :mod:`guided_diffusion.sampling` (the loop driver
+and the mixin that gives this class upstream's ``p_sample_loop`` / ``ddim_sample_loop`` methods).
 
 Index spaces. ``t`` arguments are (B,) int64 **respaced** indices 0..S-1 into this object's tables
 (``S = num_timesteps``); the network receives the **original** timestep ``timestep_map[t]``
@@ -16,7 +16,7 @@ import enum
 import numpy as np
 import torch
 
-from . import sampling
+from .sampling import UpstreamLoopsMixin
 from .training_losses import TrainingLossesMixin, input_perturbation_schedule
 
 
@@ -61,13 +61,13 @@ class _TimestepMappedModel:
 
     def __call__(self, x, ts, **kwargs):
         d = self.diffusion
-        new_ts = d._table("timestep_map", ts.device)[ts]
+        new_ts = d.table("timestep_map", ts.device)[ts]
         if d.rescale_timesteps:
             new_ts = new_ts.float() * (1000.0 / d.original_num_steps)
         return self.model(x, new_ts, **kwargs)
 
 
-class GaussianDiffusion(TrainingLossesMixin):
+class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
     """Utilities for training and sampling diffusion models.
 
     :param betas: (S,) float64 betas of this (possibly respaced) process.
@@ -77,10 +77,13 @@ class GaussianDiffusion(TrainingLossesMixin):
     :param perturb_schedule_type, perturb_cutoff: TS-DPM-ADM's per-timestep gamma schedule.
     :param timestep_map: original timestep of each respaced index (default: identity).
     :param base_alphas_cumprod: (T,) alpha_bar of the base process (default: this one's).
-    :param time_shift: default :class:`~guided_diffusion.time_shift.TimeShift` of the sampling
-        loops (set by the factory from ``do_time_shift/window/cutoff/ts_rule`` so upstream's API
-        keeps working); each loop call may override it with ``time_shift=``.
+
+    The object holds schedule tables and one-step math only; sampler settings (time shift, eta,
+    ...) are arguments of the loops. ``upstream_time_shift`` (None unless the flat upstream
+    factory was given ``do_time_shift=True``) is read only by the upstream-named loop methods.
     """
+
+    upstream_time_shift = None
 
     def __init__(
         self,
@@ -96,14 +99,12 @@ class GaussianDiffusion(TrainingLossesMixin):
         timestep_map=None,
         base_alphas_cumprod=None,
         original_num_steps=None,
-        time_shift=None,
     ):
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
         self.loss_type = loss_type
         self.rescale_timesteps = rescale_timesteps
         self.input_pertub = float(input_pertub)
-        self.time_shift = time_shift
 
         betas = np.array(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
@@ -150,7 +151,7 @@ class GaussianDiffusion(TrainingLossesMixin):
         self._device_tables = {}
 
     # ----------------------------------------------------------------- tables on the device
-    def _table(self, name, device):
+    def table(self, name, device):
         """A table as a float64 (int64 for timestep_map) tensor on ``device``, cached."""
         key = (name, str(device))
         tab = self._device_tables.get(key)
@@ -165,17 +166,13 @@ class GaussianDiffusion(TrainingLossesMixin):
 
     def _extract(self, name, t, broadcast_shape):
         """``table[t]`` as float32, shaped (B, 1, ..., 1) and expanded to ``broadcast_shape``."""
-        res = self._table(name, t.device)[t].float()
+        res = self.table(name, t.device)[t].float()
         return res.reshape(res.shape + (1,) * (len(broadcast_shape) - res.ndim)).expand(broadcast_shape)
 
     def _wrap_model(self, model):
         if isinstance(model, _TimestepMappedModel):
             return model
         return _TimestepMappedModel(model, self)
-
-    def _scale_timesteps(self, t):
-        """Kept for upstream API: the wrapper maps and scales timesteps, so this is the identity."""
-        return t
 
     # ----------------------------------------------------------------- forward process
     def q_mean_variance(self, x_start, t):
@@ -258,8 +255,8 @@ class GaussianDiffusion(TrainingLossesMixin):
             pred_xstart = process_xstart(model_output)
         else:
             # x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps (Ho et al. eq. 4 solved for x0), in two passes
-            sr = self._per_sample(self._table("sqrt_recip_alphas_cumprod", t.device)[t], x)
-            srm1 = self._per_sample(self._table("sqrt_recipm1_alphas_cumprod", t.device)[t], x)
+            sr = self._per_sample(self.table("sqrt_recip_alphas_cumprod", t.device)[t], x)
+            srm1 = self._per_sample(self.table("sqrt_recipm1_alphas_cumprod", t.device)[t], x)
             x0 = torch.addcmul(x * sr, model_output, -srm1)
             if denoised_fn is not None:
                 x0 = denoised_fn(x0)
@@ -372,9 +369,9 @@ class GaussianDiffusion(TrainingLossesMixin):
         else:
             out = self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         pred_xstart = out["pred_xstart"]
-        a = self._table("alphas_cumprod", t.device)[t]
+        a = self.table("alphas_cumprod", t.device)[t]
         if target_alphas_cumprod is None:
-            a_next = self._table("alphas_cumprod_prev", t.device)[t]
+            a_next = self.table("alphas_cumprod_prev", t.device)[t]
         else:
             a_next = target_alphas_cumprod.to(device=a.device, dtype=a.dtype)
         stochastic = eta > 0 and not self._is_last(t, is_last)
@@ -384,8 +381,8 @@ class GaussianDiffusion(TrainingLossesMixin):
         else:
             k = torch.sqrt(1 - a_next)
         # x' = sqrt(a') x0 + k * eps, eps = (x * sr - x0) / srm1  (Song et al. eq. 12)
-        sr = self._table("sqrt_recip_alphas_cumprod", t.device)[t]
-        srm1 = self._table("sqrt_recipm1_alphas_cumprod", t.device)[t]
+        sr = self.table("sqrt_recip_alphas_cumprod", t.device)[t]
+        srm1 = self.table("sqrt_recipm1_alphas_cumprod", t.device)[t]
         c_x0 = self._per_sample(torch.sqrt(a_next) - k / srm1, x)
         c_x = self._per_sample(k * sr / srm1, x)
         sample = torch.addcmul(x * c_x, pred_xstart, c_x0)
@@ -458,13 +455,13 @@ class GaussianDiffusion(TrainingLossesMixin):
         log variance -inf.
         """
         if target is None:
-            c_x0 = self._table("posterior_mean_coef1", t.device)[t]
-            c_x = self._table("posterior_mean_coef2", t.device)[t]
+            c_x0 = self.table("posterior_mean_coef1", t.device)[t]
+            c_x = self.table("posterior_mean_coef2", t.device)[t]
             large = self.model_var_type == ModelVarType.FIXED_LARGE
-            min_log = self._table("fixed_large_log_variance" if large else "posterior_log_variance_clipped",
+            min_log = self.table("fixed_large_log_variance" if large else "posterior_log_variance_clipped",
                                   t.device)[t]
-            return c_x0, c_x, min_log, self._table("log_betas", t.device)[t]
-        a = self._table("alphas_cumprod", t.device)[t]
+            return c_x0, c_x, min_log, self.table("log_betas", t.device)[t]
+        a = self.table("alphas_cumprod", t.device)[t]
         a_next = target.to(device=a.device, dtype=a.dtype)
         forward = a_next >= a
         beta = (1 - a / a_next).clamp(min=0)
@@ -493,35 +490,3 @@ class GaussianDiffusion(TrainingLossesMixin):
             model, x, t, eta=eta, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
             model_kwargs=model_kwargs, draw_noise=lambda: torch.randn_like(x),
         )
-
-    def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                      model_kwargs=None, device=None, progress=False, **kwargs):
-        """Ancestral sampling (TS-DDPM when a time shift is set); returns the final (B, C, H, W)."""
-        return sampling.final_sample(self.p_sample_loop_progressive(
-            model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress, **kwargs))
-
-    def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                  cond_fn=None, model_kwargs=None, device=None, progress=False, **kwargs):
-        """Yield one dict per ancestral step; see :func:`sampling.sample_loop_progressive`."""
-        return sampling.sample_loop_progressive(
-            self, model, shape, sampler="ddpm", noise=noise, clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, device=device,
-            progress=progress, **kwargs)
-
-    def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                         model_kwargs=None, device=None, progress=False, eta=0.0, **kwargs):
-        """DDIM sampling (TS-DDIM when a time shift is set); returns the final (B, C, H, W)."""
-        return sampling.final_sample(self.ddim_sample_loop_progressive(
-            model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress, eta=eta,
-            **kwargs))
-
-    def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                     cond_fn=None, model_kwargs=None, device=None, progress=False,
-                                     eta=0.0, **kwargs):
-        """Yield one dict per DDIM step; see :func:`sampling.sample_loop_progressive`."""
-        return sampling.sample_loop_progressive(
-            self, model, shape, sampler="ddim", noise=noise, clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, device=device,
-            progress=progress, eta=eta, **kwargs)

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .sampling import sample_loop_progressive
+from .sampling import final_sample, sample_loop_progressive
 
 _MASK32 = 0xFFFFFFFF
 LABEL_STREAM = 0x7FFF0000
@@ -106,29 +106,15 @@ def to_uint8_rgb(x):
     return img.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def sample_batch(
-    model,
-    diffusion,
-    indices,
-    *,
-    shape,
-    seed,
-    sampler="ddim",
-    eta=0.0,
-    clip_denoised=True,
-    num_classes=None,
-    time_shift="diffusion",
-    progress=False,
-    settings="",
-):
+def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes=None, progress=False):
     """Generate the samples with global ``indices`` as one batch.
 
     :param indices: (B,) int64 tensor on the model's device.
     :param shape: (C, H, W) of one sample.
+    :param sampler: a :class:`~guided_diffusion.sampling.Sampler`.
     :param num_classes: draw class labels (class-conditional models) when set.
-    :param time_shift: a TimeShift, None, or "diffusion" for the diffusion's own default.
     :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None).
-    :raises NonFiniteSampleError: naming the first bad sample index and ``settings``.
+    :raises NonFiniteSampleError: naming the first bad sample index and the sampler settings.
     """
     noise = SampleNoise(seed)
     x_T = noise.normal(indices, 0, shape)
@@ -137,29 +123,22 @@ def sample_batch(
     if num_classes:
         labels = noise.integers(indices, LABEL_STREAM, num_classes)
         model_kwargs["y"] = labels
-    extra = {} if time_shift == "diffusion" else {"time_shift": time_shift}
-    progressive = sample_loop_progressive(
+    x = final_sample(sample_loop_progressive(
         diffusion,
         model,
         x_T.shape,
-        sampler=sampler,
+        sampler,
         noise=x_T,
-        clip_denoised=clip_denoised,
         model_kwargs=model_kwargs,
-        eta=eta,
         progress=progress,
         noise_fn=lambda step, like: noise.normal(indices, step + 1, shape),
-        **extra,
-    )
-    final = None
-    for final in progressive:
-        pass
-    x = final["sample"]
+    ))
     finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
         bad = int(indices[~finite][0])
+        respacing = f"{diffusion.num_timesteps} steps"
         raise NonFiniteSampleError(
-            f"sample {bad} is not finite (NaN/inf) with {settings or 'these sampler settings'}; "
+            f"sample {bad} is not finite (NaN/inf) with {sampler.describe()}, {respacing}, seed={seed}; "
             "nothing was written for its batch"
         )
     return x, labels

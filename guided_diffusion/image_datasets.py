@@ -55,7 +55,6 @@ Sharding is by plain ints (``shard`` = rank, ``num_shards`` = world size); this 
 not import mpi4py or torch.distributed.
 """
 
-import hashlib
 import os
 import zipfile
 from collections import OrderedDict
@@ -65,6 +64,7 @@ import torch
 from PIL import Image
 
 from .image_resize import center_crop_arr
+from .io_util import derive_seed
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 
@@ -331,8 +331,7 @@ class ImageDataset:
 
 def _derived_seed(seed, tag, n):
     """A well-mixed 63-bit seed that depends only on (seed, tag, n)."""
-    digest = hashlib.sha256(f"{int(seed)}/{tag}/{int(n)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derive_seed(seed, tag, int(n))
 
 
 def _epoch_permutation(num_items, seed, epoch, shuffle):

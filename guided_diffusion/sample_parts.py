@@ -1,6 +1,6 @@
 """Resumable sample output: part files, their meta, the work plan and streaming assembly.
 
-Pure file handling, no processes: ``sample_cli`` decides which rank calls what.
+Pure file handling, no processes: :mod:`guided_diffusion.sample_run` decides which rank calls what.
 
 Layout, beside the final ``OUT.npz``::
 
@@ -18,15 +18,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
-import zipfile
 
 import numpy as np
+
+from .io_util import TMP_PREFIX, atomic_write, write_npz_streaming, write_text_atomic
 
 META_NAME = "meta.json"
 META_FORMAT = 1
 PART_RE = re.compile(r"^part_(\d+)_(\d+)\.npz$")
-TMP_PREFIX = ".tmp-"
 
 
 class PartsMismatchError(ValueError):
@@ -41,22 +40,6 @@ def part_name(start, end):
     return f"part_{start:08d}_{end:08d}.npz"
 
 
-def atomic_write(path, write, suffix=""):
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # ------------------------------------------------------------------ parts
 def write_part(parts_dir, start, images, labels=None):
     """Write samples ``start .. start + len(images) - 1`` as one part file (atomically)."""
@@ -64,7 +47,8 @@ def write_part(parts_dir, start, images, labels=None):
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     path = os.path.join(parts_dir, part_name(start, start + len(images)))
-    atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz")
+    with atomic_write(path, "wb", suffix=".npz") as f:
+        np.savez(f, **arrays)
     return path
 
 
@@ -126,7 +110,7 @@ def _normalise(obj):
 
 def write_meta(parts_dir, meta):
     text = json.dumps(_normalise(meta), indent=1, sort_keys=True) + "\n"
-    atomic_write(os.path.join(parts_dir, META_NAME), lambda f: f.write(text.encode()), suffix=".json")
+    write_text_atomic(os.path.join(parts_dir, META_NAME), text)
 
 
 def read_meta(parts_dir):
@@ -191,40 +175,7 @@ def prepare_parts_dir(parts_dir, meta, *, overwrite, restart_flag="--overwrite T
     return parts, warnings
 
 
-# ------------------------------------------------------------------ streaming npz
-def _npy_header(dtype, shape):
-    import io
-
-    buf = io.BytesIO()
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
-    try:
-        np.lib.format.write_array_header_1_0(buf, d)
-    except ValueError:  # header too long for format 1.0
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_2_0(buf, d)
-    return buf.getvalue()
-
-
-def write_npz_streaming(fileobj, members):
-    """Write an npz equal byte for byte to ``np.savez(file, arr_0, arr_1, ...)`` from chunks.
-
-    :param members: [(name, dtype, shape, chunks)] in order; ``chunks`` is an iterable of arrays
-        whose C-order bytes, concatenated, are the array (only one chunk is held at a time).
-    """
-    with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, dtype, shape, chunks in members:
-            expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            written = 0
-            with zf.open(name + ".npy", "w", force_zip64=True) as fid:
-                fid.write(_npy_header(dtype, shape))
-                for chunk in chunks:
-                    data = np.ascontiguousarray(chunk, dtype=dtype)
-                    fid.write(memoryview(data.reshape(-1).view(np.uint8)))
-                    written += data.nbytes
-            if written != expected:
-                raise ValueError(f"{name}: wrote {written} bytes, expected {expected}")
-
-
+# ------------------------------------------------------------------ assembly
 def _part_arrays(parts_dir, parts, num_samples, key, shape_tail, dtype):
     """Yield each part's ``key`` array, cut to the indices not yet yielded and < num_samples."""
     cursor = 0
@@ -272,17 +223,8 @@ def assemble(parts_dir, out_path, *, num_samples, image_shape, with_labels, grid
         labels = _part_arrays(parts_dir, parts, num_samples, "labels", (), np.int64)
         members.append(("arr_1", np.int64, (num_samples,), labels))
     # The temporary lives in the parts folder (same file system), so a kill leaves nothing beside OUT.
-    tmp = os.path.join(parts_dir, f"{TMP_PREFIX}assembly.npz")
-    try:
-        with open(tmp, "wb") as f:
-            write_npz_streaming(f, members)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(out_path, "wb", suffix=".npz", tmp_dir=parts_dir) as f:
+        write_npz_streaming(f, members)
     return np.concatenate(grid) if grid else None
 
 

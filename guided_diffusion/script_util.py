@@ -1,20 +1,28 @@
-"""Configuration and factories, with upstream's flag names and functions.
+"""Factories with upstream's names and flat keyword dicts (the compatibility layer).
 
-Each concern is one dataclass whose fields *are* the upstream flag names: :class:`ModelConfig`,
-:class:`DiffusionConfig` and :class:`TimeShiftConfig`. ``model_and_diffusion_defaults()`` merges
-them into upstream's flat dict, ``create_model_and_diffusion(**kw)`` accepts that dict (every key
-upstream accepted, including DDPM-IP's ``input_pertub``, ``perturb_schedule_type``,
-``perturb_cutoff``), and argparse flags are generated from the same fields.
+The settings themselves are declared once in :mod:`guided_diffusion.settings` (``ModelConfig``,
+``DiffusionConfig``, ``TimeShiftConfig``, ...). ``model_and_diffusion_defaults()`` merges them into
+upstream's flat dict, and ``create_model_and_diffusion(**kw)`` accepts that dict (every key upstream
+accepted, including DDPM-IP's ``input_pertub``, ``perturb_schedule_type``, ``perturb_cutoff`` and
+TS-DPM's ``do_time_shift``, ``window``, ``cutoff``). New code builds from the configs:
+``create_model(**asdict(model_cfg))`` and :func:`diffusion_from_config`.
 """
 
-import argparse
 import dataclasses
-from dataclasses import dataclass, fields
 
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .schedules import get_named_beta_schedule
-from .time_shift import TS_RULES, TimeShift
+from .settings import (  # noqa: F401  (re-exported: upstream code imports these from script_util)
+    MODEL_DIFFUSION_GROUPS,
+    DiffusionConfig,
+    ModelConfig,
+    TimeShiftConfig,
+    add_argument,
+    declared,
+    field_names,
+    str2bool,
+)
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
 
 NUM_CLASSES = 1000
@@ -28,100 +36,12 @@ DEFAULT_CHANNEL_MULT = {
 }
 
 
-@dataclass
-class ModelConfig:
-    """UNet architecture (upstream flag names)."""
+_CONFIGS = MODEL_DIFFUSION_GROUPS
 
-    image_size: int = 64
-    num_channels: int = 128
-    num_res_blocks: int = 2
-    num_heads: int = 4
-    num_heads_upsample: int = -1
-    num_head_channels: int = -1
-    attention_resolutions: str = "16,8"
-    channel_mult: str = ""
-    dropout: float = 0.0
-    class_cond: bool = False
-    use_checkpoint: bool = False
-    use_scale_shift_norm: bool = True
-    resblock_updown: bool = False
-    use_fp16: bool = False
-    use_new_attention_order: bool = False
-    learn_sigma: bool = False
-    image_channels: int = 3
-
-
-@dataclass
-class DiffusionConfig:
-    """Gaussian diffusion process (upstream flag names; ``learn_sigma`` is shared with the model)."""
-
-    learn_sigma: bool = False
-    diffusion_steps: int = 1000
-    noise_schedule: str = "linear"
-    timestep_respacing: str = ""
-    use_kl: bool = False
-    predict_xstart: bool = False
-    rescale_timesteps: bool = False
-    rescale_learned_sigmas: bool = False
-    input_pertub: float = 0.0
-    perturb_schedule_type: str = "linear"
-    perturb_cutoff: int = 0
-
-
-@dataclass
-class TimeShiftConfig:
-    """Time-shift sampler settings (upstream names plus ``ts_rule``)."""
-
-    do_time_shift: bool = False
-    window: int = 2
-    cutoff: int = 300
-    ts_rule: str = "adm"
-
-    def to_time_shift(self):
-        if not self.do_time_shift:
-            return None
-        return TimeShift(window=int(self.window), cutoff=int(self.cutoff), rule=self.ts_rule)
-
-
-HELP = {
-    "image_size": "image resolution (pixels per side)",
-    "num_channels": "base channel width of the UNet",
-    "num_res_blocks": "residual blocks per resolution level",
-    "num_heads": "attention heads (ignored when num_head_channels != -1)",
-    "num_heads_upsample": "attention heads in the decoder (-1: same as num_heads)",
-    "num_head_channels": "fixed channels per attention head (-1: use num_heads)",
-    "attention_resolutions": "comma list of feature-map sizes that get attention, e.g. 16,8",
-    "channel_mult": "comma list of channel multipliers per level ('' = default for image_size)",
-    "dropout": "dropout rate in residual blocks",
-    "class_cond": "class-conditional model (True/False)",
-    "use_checkpoint": "gradient checkpointing to save memory in training",
-    "use_scale_shift_norm": "FiLM-style scale-shift conditioning in residual blocks",
-    "resblock_updown": "use residual blocks for up/downsampling",
-    "use_fp16": "run the UNet trunk in float16 (upstream semantics)",
-    "use_new_attention_order": "split qkv before heads; NOT visible in checkpoint keys: must match training",
-    "learn_sigma": "the model also outputs the variance (6 channels for RGB)",
-    "image_channels": "image channels: 3 for RGB, 1 for grey-scale models",
-    "diffusion_steps": "T, the number of steps of the base diffusion process",
-    "noise_schedule": "beta schedule: linear or cosine",
-    "timestep_respacing": "sampling steps: '' (all), 'N', 'a,b,c' (per section) or 'ddimN'",
-    "use_kl": "train with the variational bound (KL) loss",
-    "predict_xstart": "the model predicts x0 instead of epsilon",
-    "rescale_timesteps": "feed the network t scaled to 0..1000",
-    "rescale_learned_sigmas": "rescale the VB term of the hybrid loss (RESCALED_MSE)",
-    "input_pertub": "DDPM-IP input perturbation gamma (training only)",
-    "perturb_schedule_type": "DDPM-IP gamma schedule over timesteps: linear, cosine or constant",
-    "perturb_cutoff": "no input perturbation on the last N timesteps",
-    "do_time_shift": "use the time-shift sampler (TS-DDIM / TS-DDPM)",
-    "window": "time-shift search window, in original timesteps (0 disables the shift)",
-    "cutoff": "no time shift at or below this original timestep",
-    "ts_rule": "time-shift rule: adm (TS-DPM-ADM code) or pndm (TS-DPM DDPM-backbone code)",
-}
-
-_CONFIGS = (ModelConfig, DiffusionConfig, TimeShiftConfig)
-
-
-def _field_names(cls):
-    return [f.name for f in fields(cls)]
+# The model flags of the paper's CIFAR-10 command (TS-DPM-ADM README; ADM-IP checkpoint, 57.1M parameters).
+PAPER_CIFAR10_FLAGS = dict(image_size=32, num_channels=128, num_head_channels=32, num_res_blocks=3,
+                           attention_resolutions="16,8", resblock_updown=True, use_new_attention_order=True,
+                           learn_sigma=True, dropout=0.3, noise_schedule="cosine", use_scale_shift_norm=True)
 
 
 def model_and_diffusion_defaults():
@@ -141,7 +61,7 @@ def configs_from_kwargs(**kwargs):
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise TypeError(f"unknown model/diffusion keyword(s): {', '.join(unknown)}")
-    return tuple(cls(**{k: kwargs[k] for k in _field_names(cls) if k in kwargs}) for cls in _CONFIGS)
+    return tuple(cls(**{k: kwargs[k] for k in field_names(cls) if k in kwargs}) for cls in _CONFIGS)
 
 
 def create_model_and_diffusion(**kwargs):
@@ -152,12 +72,19 @@ def create_model_and_diffusion(**kwargs):
     return model, diffusion
 
 
-def _diffusion_from_configs(diff_cfg, ts_cfg):
+def diffusion_from_config(diff_cfg):
+    """The (respaced) diffusion of a :class:`DiffusionConfig`: schedule tables only, no sampler settings."""
     return create_gaussian_diffusion(
         steps=diff_cfg.diffusion_steps,
         **{k: v for k, v in dataclasses.asdict(diff_cfg).items() if k != "diffusion_steps"},
-        **dataclasses.asdict(ts_cfg),
     )
+
+
+def _diffusion_from_configs(diff_cfg, ts_cfg):
+    """Compatibility: TS-DPM's factory flags become the shift of the upstream-named loop methods."""
+    diffusion = diffusion_from_config(diff_cfg)
+    diffusion.upstream_time_shift = ts_cfg.to_time_shift()
+    return diffusion
 
 
 def parse_channel_mult(channel_mult, image_size):
@@ -254,7 +181,10 @@ def create_gaussian_diffusion(
 ):
     """A ``SpacedDiffusion`` for these flags (upstream ``create_gaussian_diffusion``).
 
-    The time-shift flags set the diffusion's default ``time_shift`` for the sampling loops.
+    The time-shift flags (TS-DPM's API) set ``upstream_time_shift``, the shift that the
+    upstream-named loops (``ddim_sample_loop``, ``p_sample_loop``, ...) use when they are not
+    given ``time_shift=``. The loop driver itself (:mod:`guided_diffusion.sampling`) only takes
+    explicit settings.
     """
     betas = get_named_beta_schedule(noise_schedule, steps)
     if use_kl:
@@ -265,8 +195,7 @@ def create_gaussian_diffusion(
         loss_type = gd.LossType.MSE
     if not timestep_respacing:
         timestep_respacing = [steps]
-    time_shift = TimeShiftConfig(do_time_shift, window, cutoff, ts_rule).to_time_shift()
-    return SpacedDiffusion(
+    diffusion = SpacedDiffusion(
         use_timesteps=space_timesteps(steps, timestep_respacing),
         betas=betas,
         model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
@@ -280,8 +209,9 @@ def create_gaussian_diffusion(
         input_pertub=input_pertub,
         perturb_schedule_type=perturb_schedule_type,
         perturb_cutoff=perturb_cutoff,
-        time_shift=time_shift,
     )
+    diffusion.upstream_time_shift = TimeShiftConfig(do_time_shift, window, cutoff, ts_rule).to_time_shift()
+    return diffusion
 
 
 # ------------------------------------------------------------------ classifier and super-resolution
@@ -301,8 +231,8 @@ def classifier_defaults():
 
 def classifier_and_diffusion_defaults():
     res = classifier_defaults()
-    res.update({k: v for k, v in model_and_diffusion_defaults().items() if k in _field_names(DiffusionConfig)
-                or k in _field_names(TimeShiftConfig)})
+    res.update({k: v for k, v in model_and_diffusion_defaults().items() if k in field_names(DiffusionConfig)
+                or k in field_names(TimeShiftConfig)})
     return res
 
 
@@ -380,49 +310,12 @@ def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
     return model, diffusion
 
 
-# ------------------------------------------------------------------ argparse helpers
-def str2bool(v):
-    """Upstream's boolean parser: yes/true/t/y/1 or no/false/f/n/0 (any case)."""
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if v.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected (True/False), got {v!r}")
-
-
-def _nonneg_int(v):
-    try:
-        value = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"integer expected, got {v!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-_ARG_TYPES = {"window": _nonneg_int, "cutoff": _nonneg_int}
-_CHOICES = {"ts_rule": TS_RULES, "noise_schedule": ("linear", "cosine")}
-
-
+# ------------------------------------------------------------------ argparse helpers (upstream's API)
 def add_dict_to_argparser(parser, default_dict, help=None):
-    """Add ``--key value`` flags for every entry (bools parsed with ``str2bool``)."""
-    help = {**HELP, **(help or {})}
+    """Add ``--key value`` flags for every entry; declared settings get their parser, choices and help."""
+    known = declared(*MODEL_DIFFUSION_GROUPS)
     for k, v in default_dict.items():
-        v_type = type(v)
-        if v is None:
-            v_type = str
-        elif isinstance(v, bool):
-            v_type = str2bool
-        v_type = _ARG_TYPES.get(k, v_type)
-        parser.add_argument(
-            f"--{k}",
-            default=v,
-            type=v_type,
-            choices=_CHOICES.get(k),
-            help=f"{help.get(k, k.replace('_', ' '))} (default: {v!r})",
-        )
+        add_argument(parser, k, v, known.get(k), help=(help or {}).get(k))
 
 
 def args_to_dict(args, keys):

@@ -44,7 +44,7 @@ A target noisier than the current step is allowed; the step functions handle it 
 """
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -145,10 +145,3 @@ def shift_target(
     else:
         target = alphas_cumprod[tau]
     return ShiftResult(tau, target)
-
-
-def shift_from_config(do_time_shift: bool, window: int, cutoff: int, rule: str = "adm") -> Optional[TimeShift]:
-    """A :class:`TimeShift` from upstream's flags, or None when ``do_time_shift`` is false."""
-    if not do_time_shift:
-        return None
-    return TimeShift(window=int(window), cutoff=int(cutoff), rule=rule)

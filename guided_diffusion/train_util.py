@@ -32,7 +32,6 @@ is written last, so a present ``model{k}.pt`` means its ema/opt files are comple
 
 import contextlib
 import functools
-import hashlib
 import os
 import re
 import time
@@ -42,6 +41,8 @@ import torch
 from . import dist_util, logger
 from .checkpoint import CheckpointError, check_state_dict
 from .fp16_util import MixedPrecisionTrainer
+from .io_util import derive_seed
+from .io_util import torch_save_atomic as save_atomic
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler
 
@@ -54,13 +55,6 @@ __all__ = [
     "checkpoint_paths",
     "save_atomic",
 ]
-
-
-def derive_seed(seed, *parts):
-    """A well-mixed 63-bit seed that depends only on (seed, *parts)."""
-    text = "/".join(str(p) for p in (int(seed),) + parts)
-    digest = hashlib.sha256(text.encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def parse_resume_step_from_filename(filename):
@@ -99,20 +93,6 @@ def checkpoint_paths(out_dir, step, ema_rates):
         "opt": os.path.join(out_dir, f"opt{step:06d}.pt"),
         "ema": {r: os.path.join(out_dir, f"ema_{r}_{step:06d}.pt") for r in ema_rates},
     }
-
-
-def save_atomic(obj, path):
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _to_cpu(obj):

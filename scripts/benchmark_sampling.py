@@ -15,24 +15,25 @@ are medians of whole loops; wall times on CUDA are taken after ``torch.cuda.sync
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from guided_diffusion.fast_path import apply_fast_path
+from guided_diffusion.generate import SampleNoise
+from guided_diffusion.io_util import write_text_atomic
+from guided_diffusion.script_util import (
+    PAPER_CIFAR10_FLAGS,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+    str2bool,
+)
+from guided_diffusion.time_shift import TimeShift
 
-from guided_diffusion.fast_path import apply_fast_path  # noqa: E402
-from guided_diffusion.generate import SampleNoise  # noqa: E402
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool  # noqa
-from guided_diffusion.time_shift import TimeShift  # noqa: E402
-
-SEED_CONFIG = dict(image_size=32, num_channels=128, num_head_channels=32, num_res_blocks=3,
-                   attention_resolutions="16,8", resblock_updown=True, use_new_attention_order=True,
-                   learn_sigma=True, dropout=0.3, noise_schedule="cosine", use_scale_shift_norm=True)
+SEED_CONFIG = PAPER_CIFAR10_FLAGS
 TINY_CONFIG = dict(SEED_CONFIG, image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="",
                    channel_mult="1")
 
@@ -243,9 +244,7 @@ def main(argv=None):
         summary["images_per_s_fast_ts_ddim"] = by["fast path: TS-DDIM (adm)"]["images_per_s"]
     print(json.dumps(summary, indent=1))
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"summary": summary, "rows": rows, "argv": sys.argv[1:]}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_text_atomic(args.json, json.dumps({"summary": summary, "rows": rows, "argv": sys.argv[1:]}, indent=1))
 
 
 if __name__ == "__main__":

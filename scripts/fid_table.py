@@ -13,16 +13,20 @@ Phases (``--phase``): "sample" writes each cell's npz (resumable, multi-process 
 ``fid_vs_nfe.png``; "all" does the three. A rerun skips finished cells. Window and cutoff per step
 count come from ``--preset`` (default "paper": Figure 7's windows 40/30/8/2 for 10/20/50/100 steps
 with cutoff 300, and the README's window 80, cutoff 300 at 5 steps) or ``--ts_settings``.
+
+With no --model_path and no model flags it uses the bundled demo model (Fashion-MNIST), as the
+sampling scripts do. Every other flag of scripts/image_sample_1gpu.py (model, diffusion, --batch_size,
+--num_samples, --seed, ...) is accepted and applies to every cell.
 """
 
 import argparse
 import json
 import os
 import sys
+import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from guided_diffusion.sample_cli import create_argparser, run_cli, run_sampling, str2bool  # noqa: E402
+from guided_diffusion.io_util import run_cli, save_figure_atomic, write_text_atomic
+from guided_diffusion.sample_run import parse_sampling_flags, run_sampling, sampling_parser
 
 PRESETS = {
     "paper": {5: (80, 300), 10: (40, 300), 20: (30, 300), 50: (8, 300), 100: (2, 300)},
@@ -105,16 +109,15 @@ def plan_cells(args):
     return list(seen.values())
 
 
-def cell_argv(base_argv, cell, args):
-    """The sampling flags of one cell: the user's model flags plus the cell's sampler settings."""
+def cell_job(base_job, cell, args):
+    """The sampling job of one cell: the user's model and run settings plus the cell's sampler settings."""
     use_ddim, ts, rule, _ = SAMPLERS[cell["sampler"]]
     respacing = f"ddim{cell['steps']}" if args.respacing == "ddim" else str(cell["steps"])
-    return base_argv + [
-        "--use_ddim", str(use_ddim), "--do_time_shift", str(ts), "--ts_rule", rule,
-        "--window", str(cell["window"]), "--cutoff", str(cell["cutoff"]),
-        "--timestep_respacing", respacing, "--out_dir", os.path.join(args.table_dir, "cells", cell["key"]),
-        "--data_type", "table", "--model_type", cell["sampler"],
-    ]
+    return base_job.with_flags(
+        use_ddim=use_ddim, do_time_shift=ts, ts_rule=rule, window=cell["window"], cutoff=cell["cutoff"],
+        timestep_respacing=respacing, out_dir=os.path.join(args.table_dir, "cells", cell["key"]),
+        data_type="table", model_type=cell["sampler"], grid="", compare_grid="",
+    )
 
 
 def cell_npz(cell, args):
@@ -131,10 +134,7 @@ def load_results(path):
 
 
 def save_json_atomic(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def write_report(args, cells, results):
@@ -169,10 +169,7 @@ def write_report(args, cells, results):
                          f"{r['fid']:.2f} |" if r else f"| {SAMPLERS[c['sampler']][3]} | {c['steps']} | "
                          f"{c['window']} | {c['cutoff']} | - |")
     text = "\n".join(lines) + "\n"
-    tmp = os.path.join(args.table_dir, "table.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(args.table_dir, "table.md"))
+    write_text_atomic(os.path.join(args.table_dir, "table.md"), text)
 
     import matplotlib
 
@@ -192,15 +189,14 @@ def write_report(args, cells, results):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = os.path.join(args.table_dir, ".fid_vs_nfe.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, os.path.join(args.table_dir, "fid_vs_nfe.png"))
+    save_figure_atomic(os.path.join(args.table_dir, "fid_vs_nfe.png"), fig)
+    plt.close(fig)
     return text
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=True)
+def table_parser():
+    """The table's own flags, shown in --help above the sampling flags it passes on."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
     p.add_argument("--table_dir", required=True, help="folder for cells, results.json, table.md and the plot")
     p.add_argument("--ref_batch", default="", help="reference npz for FID: images (arr_0) or mu/sigma statistics")
     p.add_argument("--steps", default="5,10,20,50", help="comma list of step counts")
@@ -218,9 +214,27 @@ def main(argv=None):
     p.add_argument("--eval_device", default=None, help="device for the evaluator (default: cuda if available)")
     p.add_argument("--fid_method", default="eigh", choices=["eigh", "sqrtm"],
                    help="matrix square root for FID: eigh (fast; agrees with sqrtm to ~1e-3) or sqrtm")
-    ours, rest = p.parse_known_args(argv)
-    sampling = create_argparser().parse_args(rest)  # validates the model/sampling flags
-    ours.num_samples = sampling.num_samples
+    return p
+
+
+def _eta(done, total, started):
+    if not done:
+        return ""
+    left = (time.time() - started) / done * (total - done)
+    return f"; about {left / 60:.1f} min left for the {total - done} remaining" if total > done else ""
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own = table_parser()
+    if "-h" in argv or "--help" in argv:
+        full = sampling_parser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1])
+        for action in own._actions:
+            full._add_action(action)
+        full.parse_args(["--help"])
+    ours, rest = own.parse_known_args(argv)
+    base_job, _ = parse_sampling_flags(rest)  # validates the model/sampling flags; demo model if none
+    ours.num_samples = base_job.run.num_samples
     cells = plan_cells(ours)
     os.makedirs(ours.table_dir, exist_ok=True)
     results_path = os.path.join(ours.table_dir, "results.json")
@@ -229,32 +243,40 @@ def main(argv=None):
 
     if ours.phase in ("all", "sample"):
         dist_util.setup_dist()
-        for cell in cells:
-            if cell_npz(cell, ours) is None:
-                run_sampling(create_argparser().parse_args(cell_argv(rest, cell, ours)))
-                dist_util.barrier()
+        todo = [c for c in cells if cell_npz(c, ours) is None]
+        started = time.time()
+        for n, cell in enumerate(todo):
+            run_sampling(cell_job(base_job, cell, ours))
+            dist_util.barrier()
+            if dist_util.get_rank() == 0:
+                print(f"sampled cell {n + 1}/{len(todo)} ({cell['key']}){_eta(n + 1, len(todo), started)}",
+                      flush=True)
     if dist_util.get_rank() != 0:
         return
     results = load_results(results_path)
     if ours.phase in ("all", "evaluate"):
         if not ours.ref_batch:
             raise ValueError("--ref_batch is needed to evaluate: a reference npz (images or mu/sigma)")
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
         from evaluations.evaluator import evaluate
 
         # Whole step-count columns first (grid before search cells), so a partial run compares samplers.
-        for cell in sorted(cells, key=lambda c: (not c["grid"], c["steps"])):
+        todo = [c for c in sorted(cells, key=lambda c: (not c["grid"], c["steps"]))
+                if c["key"] not in results and cell_npz(c, ours) is not None]
+        started = time.time()
+        for n, cell in enumerate(todo):
             npz = cell_npz(cell, ours)
-            if cell["key"] in results or npz is None:
-                continue
             r = evaluate(ours.ref_batch, npz, inception_path=ours.inception_path, device=ours.eval_device,
                          progress=False, fid_method=ours.fid_method)
             results[cell["key"]] = {k: cell[k] for k in ("sampler", "steps", "window", "cutoff")}
             results[cell["key"]].update(fid=r["fid"], num_samples=r["num_sample_images"], nfe=cell["steps"])
             save_json_atomic(results_path, results)
-            print(f"{cell['key']}: FID {r['fid']:.3f}", flush=True)
+            print(f"{cell['key']}: FID {r['fid']:.3f} (evaluated {n + 1}/{len(todo)}"
+                  f"{_eta(n + 1, len(todo), started)})", flush=True)
+        print(f"wrote {results_path}")
     if ours.phase in ("all", "report", "evaluate"):
         print(write_report(ours, cells, results))
+        print(f"wrote {os.path.join(ours.table_dir, 'table.md')}")
+        print(f"wrote {os.path.join(ours.table_dir, 'fid_vs_nfe.png')}")
 
 
 if __name__ == "__main__":

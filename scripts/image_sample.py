@@ -17,27 +17,23 @@ pick the GPUs with CUDA_VISIBLE_DEVICES or --gpu_id 0,1,2,3. Without CUDA each r
 Finished batches are kept in OUTPUT_DIR/<name>.npz.parts/ until the npz is written: after a crash
 or kill, rerun the same command to resume. Changed pixel flags are refused (--overwrite True
 starts over). A NaN/inf sample stops every rank with one error line and exit status 2.
+With no --model_path and no model flags it samples the bundled demo model (see image_sample_1gpu.py).
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from guided_diffusion.sample_cli import parse_sampling_args, run_cli, run_sampling  # noqa: E402
+from guided_diffusion import dist_util
+from guided_diffusion.io_util import run_cli
+from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
 
 
 def main(argv=None):
-    args = parse_sampling_args(argv, description=__doc__.split("\n")[0])
-    if args.gpu_id:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_id  # before CUDA starts
-    from guided_diffusion import dist_util
-
+    job, _ = parse_sampling_flags(argv, description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1])
+    if job.run.gpu_id:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id  # before CUDA starts
     dist_util.setup_dist(backend="gloo")  # only tiny messages: gloo, also when ranks share a GPU
     try:
-        path = run_sampling(args, device=dist_util.dev())
-        if path:
-            print(f"wrote {path}")
+        return run_sampling(job, device=dist_util.dev())
     finally:
         dist_util.cleanup()
 

@@ -12,7 +12,10 @@ The paper's command (TS-DDIM, 5 steps, CIFAR-10 ADM checkpoint):
 
 writes OUTPUT_DIR/adm_cifar10_ddim5step_80win_300cut.npz (arr_0: uint8 NHWC). Runs on CUDA when
 present, else the CPU; needs no MPI. For several GPUs: mpiexec -n N python scripts/image_sample.py.
-With no --model_path and no model flags it samples the bundled demo model (Fashion-MNIST):
+
+With NO --model_path and NO model flags it samples the bundled demo model (grey Fashion-MNIST
+32x32, guided_diffusion/assets/demo_fmnist32.pt) with the demo's own model flags (listed in
+guided_diffusion/assets/demo_fmnist32.json; the defaults shown below are upstream's, not the demo's):
 
     python scripts/image_sample_1gpu.py --num_samples 64 --use_ddim True --timestep_respacing ddim10 \
         --do_time_shift True --window 40 --cutoff 300 --out_dir out --compare_grid out/cmp.png
@@ -21,22 +24,19 @@ Finished batches are kept in OUT.npz.parts/ until the npz is written: rerun to r
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from guided_diffusion.sample_cli import parse_sampling_args, run_cli, run_single_process  # noqa: E402
+from guided_diffusion.io_util import run_cli
+from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
 
 
 def main(argv=None):
-    args = parse_sampling_args(argv, description=__doc__.split("\n")[0])
-    if args.gpu_id:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_id
+    job, _ = parse_sampling_flags(argv, description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1])
+    if job.run.gpu_id:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    path = run_single_process(args, device)
-    print(f"wrote {path}")
+    return run_sampling(job, device=device)
 
 
 if __name__ == "__main__":

@@ -16,80 +16,28 @@ the EMA weights: sample from these), opt{step:06d}.pt (optimizer, loss scale, sc
 state), args.json, log.txt and progress.csv (loss, loss per timestep quartile, grad norm, lr, ...).
 """
 
+import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import argparse  # noqa: E402
-
-import torch  # noqa: E402
-
-from guided_diffusion import dist_util, logger  # noqa: E402
-from guided_diffusion.image_datasets import ImageDataset, StepBatcher  # noqa: E402
-from guided_diffusion.resample import SCHEDULE_SAMPLERS, create_named_schedule_sampler  # noqa: E402
-from guided_diffusion.sample_cli import run_cli  # noqa: E402
-from guided_diffusion.script_util import (  # noqa: E402
-    add_dict_to_argparser,
-    args_to_dict,
-    create_model_and_diffusion,
-    model_and_diffusion_defaults,
-)
-from guided_diffusion.train_util import TrainLoop, parse_ema_rates  # noqa: E402
-
-TRAIN_DEFAULTS = dict(
-    data_dir="",
-    out_dir="train_out",
-    schedule_sampler="uniform",
-    lr=1e-4,
-    weight_decay=0.0,
-    lr_anneal_steps=0,
-    max_steps=0,
-    batch_size=1,
-    microbatch=-1,
-    ema_rate="0.9999",
-    ema_warmup=True,
-    log_interval=10,
-    save_interval=10000,
-    resume_checkpoint="",
-    fp16_scale_growth=1e-3,
-    seed=0,
-    random_flip=True,
-)
-
-TRAIN_HELP = {
-    "data_dir": "training images: a folder (recursive) or an .npz with arr_0 uint8 NHWC (arr_1 labels)",
-    "out_dir": "directory for checkpoints, args.json, log.txt and progress.csv",
-    "schedule_sampler": f"timestep sampler: {' or '.join(SCHEDULE_SAMPLERS)}",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "lr_anneal_steps": "if > 0: lr decays linearly to 0 over this many steps and training stops there",
-    "max_steps": "stop after this many steps in total, without changing the lr schedule (0: no limit)",
-    "batch_size": "images per step per process (global batch = batch_size * processes)",
-    "microbatch": "split each batch into chunks of this size and accumulate gradients (-1: no split)",
-    "ema_rate": "comma list of EMA rates, one ema_<rate>_<step>.pt per rate",
-    "ema_warmup": "EMA rate min(rate, (1+t)/(10+t)) at step t, so short runs forget the random init "
-                  "(False: upstream's constant rate)",
-    "log_interval": "steps between log lines / progress.csv rows",
-    "save_interval": "steps between checkpoints (the final step is always saved; 0: final only)",
-    "resume_checkpoint": "model<step>.pt to resume from (ema/opt files beside it); another file name "
-                         "loads the weights and starts at step 0",
-    "fp16_scale_growth": "log2 loss-scale growth per step with --use_fp16 True",
-    "seed": "seed of the initialisation, data order, flips, timesteps, noise and dropout",
-    "random_flip": "random horizontal flips of training images",
-}
+from guided_diffusion import dist_util, logger
+from guided_diffusion.image_datasets import ImageDataset, StepBatcher
+from guided_diffusion.io_util import run_cli, write_text_atomic
+from guided_diffusion.resample import SCHEDULE_SAMPLERS, create_named_schedule_sampler
+from guided_diffusion.script_util import args_to_dict, create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.settings import MODEL_DIFFUSION_GROUPS, TrainConfig, add_settings
+from guided_diffusion.train_util import TrainLoop, parse_ema_rates
 
 
 def create_argparser():
-    defaults = dict(TRAIN_DEFAULTS)
-    defaults.update(model_and_diffusion_defaults())
+    """The training flags (TrainConfig) and every model/diffusion flag, from their declarations."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1],
     )
-    add_dict_to_argparser(parser, defaults, help=TRAIN_HELP)
-    return parser
+    return add_settings(parser, TrainConfig, *MODEL_DIFFUSION_GROUPS)
 
 
 def validate_args(args):
@@ -117,10 +65,7 @@ def main(argv=None):
     info = dist_util.setup_dist()
     logger.configure(args.out_dir, rank=info.rank)
     if info.rank == 0:
-        tmp = os.path.join(args.out_dir, f"args.json.tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(vars(args), f, indent=1, sort_keys=True)
-        os.replace(tmp, os.path.join(args.out_dir, "args.json"))
+        write_text_atomic(os.path.join(args.out_dir, "args.json"), json.dumps(vars(args), indent=1, sort_keys=True))
     logger.log(f"{info.world_size} process(es), device {dist_util.dev()}")
 
     torch.manual_seed(args.seed)  # the same initialisation on every rank (rank 0's is broadcast too)

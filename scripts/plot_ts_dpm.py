@@ -10,24 +10,23 @@ Panel 3: the same seeds sampled with DDIM and with TS-DDIM.
 Model flags are the sampling scripts' (no flags: the bundled demo model).
 """
 
-import os
 import sys
+from types import SimpleNamespace
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from guided_diffusion.generate import SampleNoise, to_uint8_rgb  # noqa: E402
-from guided_diffusion.sample_cli import build_model_and_diffusion, parse_sampling_args, run_cli  # noqa: E402
-from guided_diffusion.sampling import sample_loop_progressive  # noqa: E402
-from guided_diffusion.time_shift import TimeShift, per_sample_variance  # noqa: E402
+from guided_diffusion.generate import SampleNoise, to_uint8_rgb
+from guided_diffusion.io_util import run_cli, save_figure_atomic
+from guided_diffusion.sample_run import build_model_and_diffusion, parse_sampling_flags
+from guided_diffusion.sampling import Sampler, sample_loop_progressive
+from guided_diffusion.time_shift import TimeShift, per_sample_variance
 
 
 def trajectories(model, diffusion, x_T, ts):
     """Per step: original timestep, variance of the incoming state (B,), matched tau (B,) or None, final x."""
     rows, x = [], x_T
-    for out in sample_loop_progressive(diffusion, model, x_T.shape, sampler="ddim", noise=x_T, time_shift=ts):
+    for out in sample_loop_progressive(diffusion, model, x_T.shape, Sampler("ddim", time_shift=ts), noise=x_T):
         tau = out["shifted_timesteps"]
         rows.append((out["timestep"], per_sample_variance(x).numpy(), None if tau is None else tau.numpy()))
         x = out["sample"]
@@ -44,9 +43,10 @@ def main(argv=None):
             del argv[i : i + 2]
     if "--timestep_respacing" not in argv:
         argv += ["--timestep_respacing", "ddim10", "--window", "40", "--cutoff", "300"]
-    args = parse_sampling_args(argv)
+    job, _ = parse_sampling_flags(argv)
+    args = SimpleNamespace(**job.flags())
     torch.manual_seed(0)
-    model, diffusion = build_model_and_diffusion(args, "cpu")
+    model, diffusion = build_model_and_diffusion(job, "cpu")
     n = int(own["--num"])
     shape = (args.image_channels, args.image_size, args.image_size)
     x_T = SampleNoise(args.seed).normal(torch.arange(n), 0, shape)
@@ -100,9 +100,7 @@ def main(argv=None):
     ax.set_xticks([])
     ax.set_title(f"Same seeds, {args.timestep_respacing} ({len(grid)} steps)", fontsize=10)
     fig.tight_layout()
-    tmp = own["--out"] + ".tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, own["--out"])
+    save_figure_atomic(own["--out"], fig)
     print(f"wrote {own['--out']}")
 
 

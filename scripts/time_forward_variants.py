@@ -7,17 +7,13 @@ attention in fp32, fused sdpa in fp32, sdpa with bf16 / fp16 autocast, channels_
 """
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from guided_diffusion.fast_path import apply_fast_path  # noqa: E402
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults  # noqa: E402
-from scripts.benchmark_sampling import SEED_CONFIG  # noqa: E402
+from guided_diffusion.fast_path import apply_fast_path
+from guided_diffusion.script_util import PAPER_CIFAR10_FLAGS as SEED_CONFIG
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 
 def main():

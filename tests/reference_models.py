@@ -1,19 +1,21 @@
-"""Test helpers: the analytic model of shared/reference/sampler_cosine.pt, and reference loading."""
+"""Test helpers: the upstream reference vectors (kept in tests/data) and the analytic model they use.
+
+tests/data/{sampler_cosine,diffusion_hybrid,unet_cifar_small}.pt are byte copies of the project's
+shared reference vectors, produced by running the original TS-DPM-ADM implementation
+(tests/data/REFERENCE_README.md says how); the repository tests itself without them being elsewhere.
+"""
 
 import os
 
-import pytest
 import torch
 
-REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+REFERENCE_FILES = ("sampler_cosine.pt", "diffusion_hybrid.pt", "unet_cifar_small.pt")
 
 
 def load_reference(name):
-    """Load ``../shared/reference/<name>`` (relative to the repo root), or skip with a reason."""
-    path = os.path.normpath(os.path.join(REFERENCE_DIR, name))
-    if not os.path.exists(path):
-        pytest.skip(f"reference vectors not found at {path} (../shared/reference is absent)")
-    return torch.load(path, weights_only=True)
+    """Load ``tests/data/<name>``, one of :data:`REFERENCE_FILES` (a missing file is an error, not a skip)."""
+    return torch.load(os.path.join(REFERENCE_DIR, name), weights_only=True)
 
 
 class AnalyticEpsModel(torch.nn.Module):

@@ -16,10 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = os.path.join(REPO, "datasets")
 SCRIPTS = ["cifar10", "celeba64_npz", "lsun", "imagenet32_npz", "ffhq128_npz", "fashion_mnist"]
 
-sys.path.insert(0, DATASETS)
-import _common  # noqa: E402
-
-sys.path.remove(DATASETS)
+import guided_diffusion.dataset_prep as _common  # noqa: E402
 
 try:
     import lmdb

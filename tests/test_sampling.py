@@ -6,6 +6,7 @@ import torch
 
 from guided_diffusion.gaussian_diffusion import ModelVarType
 from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.sampling import Sampler, final_sample, sample_loop_progressive
 from guided_diffusion.time_shift import TimeShift
 from reference_models import AnalyticEpsModel
 
@@ -61,7 +62,7 @@ def test_ddpm_loop_matches_upstream_equations(respacing):
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_shift_off_is_bit_identical(sampler):
-    """do_time_shift=False == time_shift=None == a cutoff above every step == window 0."""
+    """do_time_shift=False == a Sampler without time shift == a cutoff above every step == window 0."""
     results = []
     for ts_kwargs in (dict(do_time_shift=False), dict(do_time_shift=True, window=40, cutoff=5000),
                       dict(do_time_shift=True, window=0, cutoff=0)):
@@ -71,10 +72,10 @@ def test_shift_off_is_bit_identical(sampler):
         results.append(loop(_model(d), SHAPE, noise=torch.ones(SHAPE) * 0.9, noise_fn=lambda s, like: noises[s]))
     d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="10",
                                   do_time_shift=True, window=40, cutoff=0)
-    loop = d.ddim_sample_loop if sampler == "ddim" else d.p_sample_loop
     noises = _noises(10)
-    results.append(loop(_model(d), SHAPE, noise=torch.ones(SHAPE) * 0.9, noise_fn=lambda s, like: noises[s],
-                        time_shift=None))
+    results.append(final_sample(sample_loop_progressive(
+        d, _model(d), SHAPE, Sampler(sampler, time_shift=None), noise=torch.ones(SHAPE) * 0.9,
+        noise_fn=lambda s, like: noises[s])))
     for r in results[1:]:
         assert torch.equal(r, results[0])
 

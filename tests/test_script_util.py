@@ -57,7 +57,7 @@ def test_readme_flags_parse_into_the_seed_config():
     assert kw["use_new_attention_order"] is True and kw["window"] == 80 and kw["ts_rule"] == "adm"
     _, diffusion = create_model_and_diffusion(**dict(kw, num_channels=32))
     assert diffusion.timestep_map == [0, 200, 400, 600, 800]
-    assert diffusion.time_shift.window == 80 and diffusion.time_shift.cutoff == 300
+    assert diffusion.upstream_time_shift.window == 80 and diffusion.upstream_time_shift.cutoff == 300
 
 
 @pytest.mark.parametrize("argv", [["--window", "-1"], ["--cutoff", "-5"], ["--use_fp16", "perhaps"],

@@ -1,8 +1,9 @@
-"""Scale-out sampling: same npz bytes for any process count / batch size, resume, refusals, NaN stop.
+"""guided_diffusion.sample_run (and scripts/image_sample.py): same npz bytes for any process count /
+batch size, resume, refusals, NaN stop.
 
 A tiny class-conditional model (8 px, 32 channels, 4 DDIM steps) is written by the tests. Runs
-that must be separate processes (mpiexec, the hard-exit hook, the script itself) use subprocess;
-the rest call ``sample_cli`` in this process to keep the file fast.
+that must be separate processes (mpiexec, a hard exit, the script itself) use subprocess and are
+marked ``integration``; the rest call :func:`run_sampling` in this process to keep the file fast.
 """
 
 import io
@@ -15,13 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import sample_cli, sample_parts
+from guided_diffusion import sample_parts
 from guided_diffusion.generate import LABEL_STREAM, SampleNoise
+from guided_diffusion.io_util import run_cli, write_npz_streaming
+from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "image_sample.py")
 SCRIPT_1GPU = os.path.join(ROOT, "scripts", "image_sample_1gpu.py")
+EXIT_AFTER_PARTS = os.path.join(ROOT, "tests", "tools", "exit_after_parts.py")
 NUM_SAMPLES = 10
 NAN_INDEX = 3  # the NaN checkpoint breaks this sample only (through its class label)
 MODEL = dict(
@@ -73,8 +77,8 @@ def ckpts(tmp_path_factory):
 
 def run_here(argv):
     """The sampling command in this process (single process); returns the npz path."""
-    args = sample_cli.create_argparser().parse_args(argv)
-    return sample_cli.run_single_process(args, torch.device("cpu"))
+    job, _ = parse_sampling_flags(argv)
+    return run_sampling(job, device=torch.device("cpu"))
 
 
 def run_proc(argv, launcher=(), env=None, script=SCRIPT):
@@ -85,12 +89,11 @@ def run_proc(argv, launcher=(), env=None, script=SCRIPT):
 
 @pytest.fixture(scope="module")
 def reference(ckpts):
-    """npz bytes of one plain process of scripts/image_sample.py (batch 4)."""
+    """npz bytes of one plain in-process run (batch 4)."""
     out = ckpts["dir"] / "ref"
-    res = run_proc(flags(ckpts["good"], out, batch_size=4))
-    assert res.returncode == 0, res.stderr
-    assert not os.path.exists(str(out / NPZ_NAME) + ".parts")
-    return (out / NPZ_NAME).read_bytes()
+    path = run_here(flags(ckpts["good"], out, batch_size=4))
+    assert not os.path.exists(path + ".parts")
+    return open(path, "rb").read()
 
 
 def test_npz_format_matches_np_savez(reference):
@@ -111,13 +114,23 @@ def test_batch_size_does_not_change_bytes(ckpts, reference, tmp_path, batch_size
     assert grid.exists()
 
 
+@pytest.mark.integration
 def test_1gpu_script_same_bytes(ckpts, reference, tmp_path):
     res = run_proc(flags(ckpts["good"], tmp_path, batch_size=10), script=SCRIPT_1GPU)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / NPZ_NAME).read_bytes() == reference
 
 
+@pytest.mark.integration
+def test_plain_script_same_bytes(ckpts, reference, tmp_path):
+    res = run_proc(flags(ckpts["good"], tmp_path, batch_size=4))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"wrote {tmp_path / NPZ_NAME}"
+    assert (tmp_path / NPZ_NAME).read_bytes() == reference
+
+
 @pytest.mark.mpi
+@pytest.mark.integration
 def test_mpiexec_two_ranks_same_bytes(ckpts, reference, tmp_path):
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not installed")
@@ -127,9 +140,10 @@ def test_mpiexec_two_ranks_same_bytes(ckpts, reference, tmp_path):
     assert (tmp_path / NPZ_NAME).read_bytes() == reference
 
 
+@pytest.mark.integration
 def test_kill_and_resume_same_bytes(ckpts, reference, tmp_path):
     argv = flags(ckpts["good"], tmp_path, batch_size=3)
-    res = run_proc(argv, env={sample_cli.EXIT_AFTER_PARTS_ENV: "2"})
+    res = run_proc(["2", SCRIPT, *argv], script=EXIT_AFTER_PARTS)
     assert res.returncode != 0
     parts_dir = str(tmp_path / NPZ_NAME) + ".parts"
     assert [p[:2] for p in sample_parts.list_parts(parts_dir)] == [(0, 3), (3, 6)]
@@ -154,7 +168,7 @@ def test_mismatched_parts_refused(ckpts, tmp_path, capsys):
     argv = flags(ckpts["good"], tmp_path, batch_size=4, keep_parts=True)
     run_here(argv)
     with pytest.raises(SystemExit) as exc:
-        sample_cli.run_cli(run_here, flags(ckpts["good"], tmp_path, batch_size=4, seed=1, eta=0.5))
+        run_cli(run_here, flags(ckpts["good"], tmp_path, batch_size=4, seed=1, eta=0.5))
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -164,6 +178,7 @@ def test_mismatched_parts_refused(ckpts, tmp_path, capsys):
     assert (tmp_path / NPZ_NAME).read_bytes() != before
 
 
+@pytest.mark.integration
 def test_nan_sample_stops_single_process(ckpts, tmp_path):
     res = run_proc(flags(ckpts["nan"], tmp_path, batch_size=2))
     assert res.returncode == 2
@@ -175,6 +190,7 @@ def test_nan_sample_stops_single_process(ckpts, tmp_path):
 
 
 @pytest.mark.mpi
+@pytest.mark.integration
 def test_nan_sample_stops_every_rank(ckpts, tmp_path):
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not installed")
@@ -193,6 +209,6 @@ def test_plan_and_streaming_writer():
     assert sample_parts.plan_batches([], 7, 3) == [(0, 3), (3, 6), (6, 7)]
     a = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
     buf, ref = io.BytesIO(), io.BytesIO()
-    sample_parts.write_npz_streaming(buf, [("arr_0", np.uint8, a.shape, [a[:2], a[2:]])])
+    write_npz_streaming(buf, [("arr_0", np.uint8, a.shape, [a[:2], a[2:]])])
     np.savez(ref, a)
     assert buf.getvalue() == ref.getvalue()

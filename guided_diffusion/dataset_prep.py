@@ -1,5 +1,5 @@
 """
-Helpers shared by the dataset preparation scripts in this folder.
+Helpers shared by the dataset preparation scripts in ``datasets/``.
 
 * ``PrepError`` + ``run_main``: user-facing failures end as one ``error: ...`` line on stderr
   and exit status 1 (no traceback); set ``PREP_DEBUG=1`` to get tracebacks.
@@ -19,13 +19,12 @@ import os
 import pickle
 import shutil
 import sys
-import zipfile
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from guided_diffusion.image_resize import center_crop_arr, crop_center  # noqa: E402,F401 (torch-free)
+from .image_resize import center_crop_arr, crop_center  # noqa: F401 (torch-free)
+from .io_util import write_npz_streaming
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp")
 
@@ -248,40 +247,29 @@ def write_npz(path, entries):
     ``chunks`` is an iterable of arrays whose first axes add up to ``shape[0]`` (each chunk
     has shape (k,) + shape[1:]). Chunks are consumed one at a time.
     """
+    members = []
+    for entry in entries:
+        if len(entry) == 2:
+            name, arr = entry
+            arr = np.ascontiguousarray(arr)
+            members.append((name, arr.dtype, arr.shape, [arr]))
+        else:
+            name, shape, dtype, chunks = entry
+            members.append((name, np.dtype(dtype), tuple(shape), _checked_chunks(name, tuple(shape), chunks)))
     with open(path, "wb") as fh:
-        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for entry in entries:
-                if len(entry) == 2:
-                    name, arr = entry
-                    arr = np.ascontiguousarray(arr)
-                    shape, dtype, chunks = arr.shape, arr.dtype, [arr]
-                else:
-                    name, shape, dtype, chunks = entry
-                    shape, dtype = tuple(shape), np.dtype(dtype)
-                _write_npy_entry(zf, name, shape, dtype, chunks)
+        try:
+            write_npz_streaming(fh, members)
+        except ValueError as exc:
+            raise PrepError(f"internal: {exc}") from None
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def _write_npy_entry(zf, name, shape, dtype, chunks):
-    header = {
-        "descr": np.lib.format.dtype_to_descr(dtype),
-        "fortran_order": False,
-        "shape": shape,
-    }
-    rows = 0
-    with zf.open(name + ".npy", "w", force_zip64=True) as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        for chunk in chunks:
-            chunk = np.ascontiguousarray(chunk, dtype=dtype)
-            if chunk.shape[1:] != shape[1:]:
-                raise PrepError(f"internal: chunk shape {chunk.shape} does not fit {shape}")
-            rows += chunk.shape[0] if chunk.ndim else 1
-            if rows > (shape[0] if shape else 1):
-                raise PrepError(f"internal: more rows than announced for {name} {shape}")
-            f.write(chunk.tobytes())
-    if rows != (shape[0] if shape else 1):
-        raise PrepError(f"internal: wrote {rows} rows for {name}, announced {shape}")
+def _checked_chunks(name, shape, chunks):
+    for chunk in chunks:
+        if np.shape(chunk)[1:] != shape[1:]:
+            raise PrepError(f"internal: chunk shape {np.shape(chunk)} does not fit {shape} of {name}")
+        yield chunk
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""The one I/O layer: atomic writes, the streaming npz writer, seed derivation, the CLI error runner.
+
+Every file this project writes goes through :func:`atomic_write` (or a helper built on it): the
+data go to a temporary file in the destination folder, are flushed and fsynced, get the mode a
+plain ``open(path, "w")`` would give (0666 minus the umask), and are renamed into place. So a file
+that exists under its final name is complete, and a killed process leaves at most a ``.tmp-*``
+file (never a partial output).
+"""
+
+import contextlib
+import hashlib
+import io
+import os
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+TMP_PREFIX = ".tmp-"
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", *, suffix=None, fsync=True, tmp_dir=None):
+    """Open a temporary file beside ``path``; on a clean exit, fsync it and rename it to ``path``.
+
+    Yields the open file object (``mode`` "wb" or "w"). On an exception the temporary file is
+    removed and ``path`` is left as it was. The final mode honours the umask, as for ``open``.
+
+    :param suffix: the temporary file's suffix (default: ``path``'s extension, so libraries that
+        look at the name, e.g. PIL or np.savez, see the right format).
+    :param tmp_dir: folder for the temporary file (default: ``path``'s folder; it must be on the
+        same file system for the rename to be atomic).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    folder = tmp_dir or os.path.dirname(os.path.abspath(path))
+    if suffix is None:
+        suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes_atomic(path, data):
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path, text):
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def save_npz_atomic(path, *arrays, **named):
+    """``np.savez(path, *arrays, **named)``, atomically."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, *arrays, **named)
+
+
+def save_png_atomic(path, image):
+    """Save a PIL image (or an (H, W, 3) / (H, W) uint8 array) as PNG, atomically; creates the folder."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb", suffix=".png") as f:
+        image.save(f, format="PNG")
+
+
+def save_figure_atomic(path, fig, **kwargs):
+    """``fig.savefig`` (matplotlib) to ``path``, atomically; the format comes from the extension."""
+    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, **kwargs)
+
+
+def torch_save_atomic(obj, path):
+    """``torch.save(obj, path)``, atomically."""
+    import torch
+
+    with atomic_write(path, "wb", suffix=".pt") as f:
+        torch.save(obj, f)
+
+
+# ------------------------------------------------------------------ streaming npz
+def npy_header(dtype, shape):
+    """The ``.npy`` header bytes ``np.save`` writes for a C-order array of this dtype and shape."""
+    buf = io.BytesIO()
+    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    try:
+        np.lib.format.write_array_header_1_0(buf, d)
+    except ValueError:  # header too long for format 1.0
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, d)
+    return buf.getvalue()
+
+
+def write_npz_streaming(fileobj, members):
+    """Write an npz equal byte for byte to ``np.savez(file, **{name: array})`` from chunks.
+
+    :param members: [(name, dtype, shape, chunks)] in order; ``chunks`` is an iterable of arrays
+        whose C-order bytes, concatenated, are the array (only one chunk is held at a time).
+    :raises ValueError: when the chunks do not add up to ``shape``.
+    """
+    with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, dtype, shape, chunks in members:
+            expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            written = 0
+            with zf.open(name + ".npy", "w", force_zip64=True) as fid:
+                fid.write(npy_header(dtype, shape))
+                for chunk in chunks:
+                    data = np.ascontiguousarray(chunk, dtype=dtype)
+                    fid.write(memoryview(data.reshape(-1).view(np.uint8)))
+                    written += data.nbytes
+            if written != expected:
+                raise ValueError(f"{name}: wrote {written} bytes, expected {expected}")
+
+
+# ------------------------------------------------------------------ seeds
+def derive_seed(seed, *parts):
+    """A well-mixed 63-bit seed that depends only on ``(seed, *parts)`` (SHA-256 of their text)."""
+    text = "/".join(str(p) for p in (int(seed),) + tuple(parts))
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ command-line runner
+class StopRun(Exception):
+    """Another process of the job failed and reported it; this one stops quietly (exit status 2)."""
+
+
+def user_errors():
+    """Exception types that are the user's input problems: one line on stderr, exit status 2."""
+    from .checkpoint import CheckpointError
+    from .generate import NonFiniteSampleError
+
+    return (CheckpointError, NonFiniteSampleError, ValueError, OSError)
+
+
+def run_cli(main, argv=None, errors=None):
+    """Run ``main(argv)``; user errors become one line on stderr and exit status 2.
+
+    A process stopped because another process failed (:class:`StopRun`) exits with status 2
+    silently: the failing process prints the one line.
+    """
+    errors = user_errors() if errors is None else errors
+    try:
+        return main(argv)
+    except StopRun:
+        sys.exit(2)
+    except errors as exc:
+        prog = os.path.basename(sys.argv[0]) or "guided_diffusion"
+        message = " ".join(str(exc).split("\n"))
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        sys.exit(2)

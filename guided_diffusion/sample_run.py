@@ -1,0 +1,360 @@
+"""A sampling job: settings in, npz out, over one or more processes, resumably.
+
+:class:`SamplingJob` holds the settings (one config per group of :mod:`guided_diffusion.settings`);
+:func:`run_sampling` runs it. ``scripts/image_sample_1gpu.py``, ``scripts/image_sample.py``,
+``scripts/fid_table.py`` and a notebook all call the same function::
+
+    from guided_diffusion.sample_run import SamplingJob, run_sampling
+    job = SamplingJob.from_flags(dict(timestep_respacing="ddim10", use_ddim=True, do_time_shift=True,
+                                      window=40, cutoff=300, num_samples=64, out_dir="out"))
+    path = run_sampling(job.with_demo_model())   # the bundled demo model; or set model_path + model flags
+
+How a run goes, with W processes (W = 1 without a process group):
+
+1. every rank checks the settings; rank 0 reads the checkpoint and broadcasts it (in chunks);
+2. rank 0 prepares ``OUT.npz.parts/`` (see :mod:`guided_diffusion.sample_parts`): finished parts
+   made with the same pixel settings are kept, different settings are refused, and the indices
+   still missing are cut into batches of ``batch_size``;
+3. batch j goes to rank j % W; ranks work in rounds (one batch each) and after every round sum
+   (samples done, failures) with one all_reduce: rank 0's progress bar counts every rank, and a
+   failure on any rank (e.g. a NaN sample) stops all of them after that round, with one error
+   line from the failing rank and exit status 2. Each finished batch is a part file, written
+   atomically before the round ends, so a killed process loses only its batch in flight;
+4. rank 0 streams the parts, in index order, into ``OUT.npz`` (one part in memory at a time),
+   renames it into place and removes the parts unless ``keep_parts``.
+
+The result depends only on the pixel settings and the checkpoint: the same bytes for any batch
+size, process count, or number of interruptions.
+"""
+
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import dist_util, sample_parts
+from .checkpoint import CheckpointError, load_checkpoint_into
+from .fast_path import apply_fast_path
+from .generate import generate_samples
+from .sampling import Sampler
+from .script_util import create_model, diffusion_from_config
+from .settings import (
+    SAMPLING_GROUPS,
+    DiffusionConfig,
+    OneLineErrorParser,
+    add_settings,
+    FastPathConfig,
+    ModelConfig,
+    RunConfig,
+    SamplerConfig,
+    TimeShiftConfig,
+    config_from_dict,
+    name_suffix,
+    pixel_settings,
+)
+
+_GROUPS = {
+    "run": RunConfig,
+    "sampler": SamplerConfig,
+    "time_shift": TimeShiftConfig,
+    "fast": FastPathConfig,
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+}
+
+
+def sampling_parser(description=None, epilog=None):
+    """The flags of the sampling scripts, derived from the declarations (``--help`` lists them all)."""
+    import argparse
+
+    parser = OneLineErrorParser(description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_settings(parser, *SAMPLING_GROUPS)
+
+
+def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None):
+    """Parse the sampling flags into a :class:`SamplingJob` (and the namespace, for extra flags).
+
+    With no ``--model_path`` and no model flags, the job uses the bundled demo model with its own
+    flags (and its ``data_type``/``model_type`` names unless given); see :mod:`guided_diffusion.demo`.
+    """
+    from . import demo
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = parser or sampling_parser(description, epilog)
+    args = parser.parse_args(argv)
+    job = SamplingJob.from_flags(args)
+    return demo.maybe_use_demo(job, argv), args
+
+
+def sampler_from_configs(sampler_cfg, ts_cfg):
+    """The loop's :class:`~guided_diffusion.sampling.Sampler` from the settings: the one place they meet."""
+    sampler_cfg.validate()
+    return Sampler(
+        kind="ddim" if sampler_cfg.use_ddim else "ddpm",
+        eta=float(sampler_cfg.eta),
+        clip_denoised=bool(sampler_cfg.clip_denoised),
+        time_shift=ts_cfg.to_time_shift(),
+    )
+
+
+@dataclass
+class SamplingJob:
+    """All settings of one sampling run, one config per group (see :mod:`guided_diffusion.settings`)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    time_shift: TimeShiftConfig = field(default_factory=TimeShiftConfig)
+    fast: FastPathConfig = field(default_factory=FastPathConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    @classmethod
+    def from_flags(cls, flags):
+        """From a flat dict or argparse namespace of flag names (missing ones take their defaults)."""
+        values = vars(flags) if not isinstance(flags, dict) else flags
+        return cls(**{group: config_from_dict(c, values) for group, c in _GROUPS.items()})
+
+    def flags(self):
+        """The flat {flag name: value} dict (the inverse of :meth:`from_flags`)."""
+        out = {}
+        for group in _GROUPS:
+            out.update(dataclasses.asdict(getattr(self, group)))
+        return out
+
+    def with_flags(self, **changes):
+        """A copy with some flags changed by name (a name shared by two groups changes both)."""
+        known = set(self.flags())
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown sampling setting(s): {', '.join(unknown)}")
+        return SamplingJob.from_flags({**self.flags(), **changes})
+
+    def with_demo_model(self):
+        """A copy that samples the bundled demo model (its checkpoint, model flags and names)."""
+        from . import demo
+
+        return self.with_flags(**demo.demo_settings())
+
+    def configs(self):
+        return [getattr(self, group) for group in _GROUPS]
+
+    def sampler_obj(self):
+        return sampler_from_configs(self.sampler, self.time_shift)
+
+    def pixel_settings(self):
+        """The settings that decide the pixels of sample k (stored in, and compared with, the parts' meta)."""
+        return pixel_settings(*self.configs())
+
+    def output_filename(self):
+        """Upstream's name: ``{model_type}_{data_type}_{respacing}step[_{window}win_{cutoff}cut].npz``.
+
+        ``_pndm`` is appended for ``ts_rule pndm`` so the two rules never overwrite each other, and
+        each sampler setting that declares a name suffix adds it when not at its default.
+        """
+        run, ts = self.run, self.time_shift
+        name = f"{run.model_type}_{run.data_type}_{self.diffusion.timestep_respacing}step"
+        if ts.do_time_shift:
+            name += f"_{ts.window}win_{ts.cutoff}cut"
+            if ts.ts_rule != "adm":
+                name += f"_{ts.ts_rule}"
+        name += name_suffix(self.sampler, self.fast)
+        return name + ".npz"
+
+    def output_path(self):
+        return os.path.join(self.run.out_dir, self.output_filename())
+
+    def validate(self):
+        """One-line errors for settings that cannot work (raised before any work)."""
+        self.run.validate()
+        self.sampler_obj()
+
+
+def build_model(job, device, checkpoint_bytes=None):
+    """The network for ``job``: built from its model config, checkpoint loaded strictly, fast path applied."""
+    model = create_model(**dataclasses.asdict(job.model))
+    load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes)
+    model.to(device)
+    if job.model.use_fp16:
+        model.convert_to_fp16()
+    model.eval()
+    fast = job.fast
+    runner = apply_fast_path(model, device=device, attention=fast.attention, autocast=fast.autocast,
+                             channels_last=fast.channels_last, compile=fast.compile)
+    if runner is not model:
+        runner.num_classes = model.num_classes
+    return runner
+
+
+def build_model_and_diffusion(job, device, checkpoint_bytes=None):
+    return build_model(job, device, checkpoint_bytes), diffusion_from_config(job.diffusion)
+
+
+def _device_description(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _say(text):
+    sys.stderr.write(text + "\n")
+
+
+def run_sampling(job, device=None, on_part_written=None):
+    """Generate samples 0..num_samples-1 of ``job`` over all ranks, resumably; rank 0 writes the npz.
+
+    Call :func:`guided_diffusion.dist_util.setup_dist` first for several processes (without it
+    this is a single process). Returns the npz path on rank 0, None on the others.
+
+    :param job: a :class:`SamplingJob`.
+    :param device: torch device (default: this rank's, from ``dist_util.dev()``).
+    :param on_part_written: optional callback ``(path)`` after each part file this rank writes.
+    :raises guided_diffusion.io_util.StopRun: on ranks other than the one that reports a failure.
+    """
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    device = dist_util.dev() if device is None else torch.device(device)
+    run = job.run
+    out_path = job.output_path()
+    parts_dir = sample_parts.parts_dir_for(out_path)
+
+    # 1. settings, checkpoint (read once on rank 0, broadcast), model.
+    exc = sampler = None
+    try:
+        job.validate()
+        sampler = job.sampler_obj()
+    except Exception as e:
+        exc = e
+    dist_util.check_all(exc)
+
+    def check_path():
+        if not run.model_path:
+            raise CheckpointError("--model_path is empty: pass the checkpoint file to sample from "
+                                  "(or no model flags at all for the bundled demo model)")
+        if not os.path.isfile(run.model_path):
+            raise CheckpointError(f"--model_path {run.model_path}: no such file")
+
+    dist_util.on_rank0(check_path)
+    data = dist_util.read_file_on_rank0(run.model_path)
+    checkpoint_sha256 = hashlib.sha256(data).hexdigest() if rank == 0 else None
+    model = diffusion = None
+    try:
+        model, diffusion = build_model_and_diffusion(job, device, checkpoint_bytes=data)
+    except Exception as e:
+        exc = e
+    del data
+    dist_util.check_all(exc)
+
+    # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
+    def prepare():
+        os.makedirs(run.out_dir, exist_ok=True)
+        meta = {
+            "flags": {**job.pixel_settings(), "checkpoint_sha256": checkpoint_sha256},
+            "info": {
+                "model_path": os.path.abspath(run.model_path),
+                "device": _device_description(device),
+                "torch": torch.__version__,
+            },
+        }
+        parts, warnings = sample_parts.prepare_parts_dir(parts_dir, meta, overwrite=run.overwrite)
+        return sample_parts.done_intervals(parts, run.num_samples), warnings
+
+    done, warnings = dist_util.on_rank0(prepare)
+    if rank == 0:
+        for line in warnings:
+            _say(f"warning: {line}")
+    batches = sample_parts.plan_batches(done, run.num_samples, run.batch_size)
+    mine = batches[rank::world]
+    rounds = math.ceil(len(batches) / world)
+
+    # 3. rounds of one batch per rank.
+    sample_kwargs = dict(
+        shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
+        seed=job.sampler.seed,
+        sampler=sampler,
+        num_classes=model.num_classes,
+    )
+    already = sum(end - start for start, end in done)
+    bar = None
+    if rank == 0 and run.progress and batches:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.num_samples, initial=already, unit="img", desc=f"sampling x{world}", smoothing=0.1)
+    made = 0
+    started = time.time()
+    for r in range(rounds):
+        exc, count = None, 0
+        if r < len(mine):
+            start, end = mine[r]
+            try:
+                batch = next(generate_samples(model, diffusion, range(start, end), batch_size=end - start,
+                                              device=device, **sample_kwargs))
+                path = sample_parts.write_part(parts_dir, start, batch.images, batch.labels)
+                count = end - start
+                del batch
+                if on_part_written is not None:
+                    on_part_written(path)
+            except Exception as e:  # reported to every rank after this round
+                exc = e
+        count, failures = dist_util.all_reduce_ints([count, exc is not None])
+        made += count
+        if bar is not None:
+            bar.update(count)
+        if failures:
+            if bar is not None:
+                bar.close()
+            dist_util.check_all(exc)
+    if bar is not None:
+        bar.close()
+    if rank == 0 and run.progress and made:
+        seconds = time.time() - started
+        _say(f"sampled {made} images in {seconds:.1f} s ({made / seconds:.2f} images/s, {world} process(es))")
+
+    # 4. rank 0 streams the parts into the final npz.
+    if rank != 0:
+        return None
+    grid = sample_parts.assemble(
+        parts_dir,
+        out_path,
+        num_samples=run.num_samples,
+        image_shape=(job.model.image_size, job.model.image_size, 3),
+        with_labels=model.num_classes is not None,
+        grid_size=run.grid_size if run.grid else 0,
+    )
+    if not run.keep_parts:
+        sample_parts.remove_parts(parts_dir)
+    print(f"wrote {out_path}", flush=True)
+    if run.grid and grid is not None:
+        from .image_io import save_grid_png
+
+        save_grid_png(run.grid, grid)
+        print(f"wrote {run.grid}", flush=True)
+    if run.compare_grid:
+        write_compare_grid(job, model, diffusion, device)
+        print(f"wrote {run.compare_grid}", flush=True)
+    return out_path
+
+
+def write_compare_grid(job, model, diffusion, device):
+    """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds."""
+    from .image_io import save_comparison_png
+
+    n = min(job.run.grid_size, job.run.num_samples)
+    plain = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=False))
+    shifted = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=True))
+    panels = []
+    for sampler in (plain, shifted):
+        batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device, sampler=sampler,
+                                      shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
+                                      seed=job.sampler.seed, num_classes=model.num_classes))
+        panels.append(batch.images)
+    name = plain.kind.upper()
+    steps = job.diffusion.timestep_respacing or "all"
+    ts = job.time_shift
+    titles = (f"{name}, {steps} steps", f"TS-{name} (w={ts.window}, c={ts.cutoff}, {ts.ts_rule})")
+    save_comparison_png(job.run.compare_grid, panels[0], panels[1], titles)

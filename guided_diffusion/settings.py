@@ -1,0 +1,333 @@
+"""Every setting of the project, declared once.
+
+Each setting is one dataclass field made with :func:`setting`: its name (the upstream flag name),
+type, default, help, allowed values, a parser for the command line, and whether it can change the
+pixels of a sample (``pixel``). Everything else is derived from these declarations:
+
+* the command-line flags of every script (:func:`add_settings`, :func:`configs_from_args`);
+* upstream's flat dicts (``script_util.model_and_diffusion_defaults`` and the
+  ``create_model_and_diffusion(**kwargs)`` compatibility layer);
+* the resume metadata of a sampling run (:func:`pixel_settings`: the ``pixel`` fields);
+* the npz file name (``suffix``: the part a setting adds to the name when it is not at its default).
+
+Adding a sampler option is one field in :class:`SamplerConfig` (and its use where it acts).
+
+Groups: :class:`ModelConfig` (UNet), :class:`DiffusionConfig` (the process), :class:`TimeShiftConfig`
+(TS-DPM's flags), :class:`SamplerConfig` (how the reverse process is walked), :class:`FastPathConfig`
+(kernels that change rounding), :class:`RunConfig` (the sampling command: files, batching),
+:class:`TrainConfig` (``image_train.py``).
+"""
+
+import argparse
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+
+from .resample import SCHEDULE_SAMPLERS
+from .time_shift import TS_RULES
+
+
+# ------------------------------------------------------------------ value parsers
+def str2bool(v):
+    """Upstream's boolean parser: yes/true/t/y/1 or no/false/f/n/0 (any case)."""
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (True/False), got {v!r}")
+
+
+def nonneg_int(v):
+    try:
+        value = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"integer expected, got {v!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def finite_float(v):
+    try:
+        value = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"number expected, got {v!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"finite number expected, got {v!r}")
+    return value
+
+
+def setting(default, help, *, choices=None, parse=None, pixel=True, suffix=None):
+    """Declare one setting (a dataclass field).
+
+    :param default: the default value (its type gives the command-line parser unless ``parse``).
+    :param help: one line for ``--help``.
+    :param choices: allowed values, checked by the parser.
+    :param parse: command-line parser (default: ``str2bool`` for bools, else the default's type).
+    :param pixel: whether the value can change a sample's pixels (part of the resume metadata).
+    :param suffix: format of the npz-name part this setting adds when not at its default, e.g.
+        ``"_es{}"``; None: it adds nothing.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "parse": parse, "pixel": pixel,
+                                            "suffix": suffix})
+
+
+# ------------------------------------------------------------------ the declarations
+@dataclass
+class ModelConfig:
+    """UNet architecture (upstream flag names)."""
+
+    image_size: int = setting(64, "image resolution (pixels per side)")
+    num_channels: int = setting(128, "base channel width of the UNet")
+    num_res_blocks: int = setting(2, "residual blocks per resolution level")
+    num_heads: int = setting(4, "attention heads (ignored when num_head_channels != -1)")
+    num_heads_upsample: int = setting(-1, "attention heads in the decoder (-1: same as num_heads)")
+    num_head_channels: int = setting(-1, "fixed channels per attention head (-1: use num_heads)")
+    attention_resolutions: str = setting("16,8", "comma list of feature-map sizes that get attention, e.g. 16,8")
+    channel_mult: str = setting("", "comma list of channel multipliers per level ('' = default for image_size)")
+    dropout: float = setting(0.0, "dropout rate in residual blocks (training only)", pixel=False)
+    class_cond: bool = setting(False, "class-conditional model (True/False)")
+    use_checkpoint: bool = setting(False, "gradient checkpointing to save memory in training", pixel=False)
+    use_scale_shift_norm: bool = setting(True, "FiLM-style scale-shift conditioning in residual blocks")
+    resblock_updown: bool = setting(False, "use residual blocks for up/downsampling")
+    use_fp16: bool = setting(False, "run the UNet trunk in float16 (upstream semantics)")
+    use_new_attention_order: bool = setting(
+        False, "split qkv before heads; NOT visible in checkpoint keys: must match training")
+    learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
+    image_channels: int = setting(3, "image channels: 3 for RGB, 1 for grey-scale models")
+
+
+@dataclass
+class DiffusionConfig:
+    """Gaussian diffusion process (upstream flag names; ``learn_sigma`` is shared with the model)."""
+
+    learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
+    diffusion_steps: int = setting(1000, "T, the number of steps of the base diffusion process")
+    noise_schedule: str = setting("linear", "beta schedule", choices=("linear", "cosine"))
+    timestep_respacing: str = setting("", "sampling steps: '' (all), 'N', 'a,b,c' (per section) or 'ddimN'")
+    use_kl: bool = setting(False, "train with the variational bound (KL) loss", pixel=False)
+    predict_xstart: bool = setting(False, "the model predicts x0 instead of epsilon")
+    rescale_timesteps: bool = setting(False, "feed the network t scaled to 0..1000")
+    rescale_learned_sigmas: bool = setting(False, "rescale the VB term of the hybrid loss (RESCALED_MSE)",
+                                           pixel=False)
+    input_pertub: float = setting(0.0, "DDPM-IP input perturbation gamma (training only)", pixel=False)
+    perturb_schedule_type: str = setting(
+        "linear", "DDPM-IP gamma schedule over timesteps: linear, cosine or constant ('linaer' is read as linear)",
+        pixel=False)
+    perturb_cutoff: int = setting(0, "no input perturbation on the last N timesteps (training only)", pixel=False)
+
+
+@dataclass
+class TimeShiftConfig:
+    """Time-shift sampler settings (TS-DPM's flag names plus ``ts_rule``)."""
+
+    do_time_shift: bool = setting(False, "use the time-shift sampler (TS-DDIM / TS-DDPM)")
+    window: int = setting(2, "time-shift search window, in original timesteps (0 disables the shift)",
+                          parse=nonneg_int)
+    cutoff: int = setting(300, "no time shift at or below this original timestep", parse=nonneg_int)
+    ts_rule: str = setting("adm", "time-shift rule: adm (TS-DPM-ADM code) or pndm (TS-DPM DDPM-backbone code)",
+                           choices=TS_RULES)
+
+    def to_time_shift(self):
+        """The :class:`~guided_diffusion.time_shift.TimeShift` these flags ask for, or None."""
+        from .time_shift import TimeShift
+
+        if not self.do_time_shift:
+            return None
+        return TimeShift(window=int(self.window), cutoff=int(self.cutoff), rule=self.ts_rule)
+
+
+@dataclass
+class SamplerConfig:
+    """How the reverse process is walked (besides the time shift)."""
+
+    use_ddim: bool = setting(False, "DDIM (True) or ancestral DDPM (False) sampling; time shift works with both")
+    eta: float = setting(0.0, "DDIM eta (0 = deterministic DDIM)", parse=finite_float)
+    clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at every step")
+    seed: int = setting(0, "seed: image k depends only on (seed, k), whatever the batch size or process count")
+
+    def validate(self):
+        if self.eta < 0:
+            raise ValueError(f"--eta must be >= 0, got {self.eta}")
+        if not self.use_ddim and self.eta != 0:
+            raise ValueError("--eta applies to DDIM only: pass --use_ddim True or drop --eta")
+
+
+@dataclass
+class FastPathConfig:
+    """Network execution options; they change floating-point rounding, so they count as pixel settings."""
+
+    attention: str = setting("math", "attention kernel: math (upstream einsum) or sdpa (fused scaled_dot_product_attention)",
+                             choices=("sdpa", "math"))
+    autocast: str = setting("none", "fast path: run the network under torch.autocast (changes numbers)",
+                            choices=("none", "bf16", "fp16"))
+    channels_last: bool = setting(False, "fast path: channels_last memory format for the network")
+    compile: bool = setting(False, "fast path: wrap the network in torch.compile")
+
+
+@dataclass
+class RunConfig:
+    """The sampling command: what to load, how many, where to write. None of these changes a pixel."""
+
+    model_path: str = setting("", "checkpoint (.pt state_dict) to sample from; with no --model_path and no model "
+                              "flags the bundled demo model (Fashion-MNIST, its own flags) is used", pixel=False)
+    num_samples: int = setting(10000, "number of images to generate", pixel=False)
+    batch_size: int = setting(16, "images per forward pass (per process)", pixel=False)
+    out_dir: str = setting(".", "output folder (created if missing)", pixel=False)
+    data_type: str = setting("cifar", "data-set name, used only in the output file name", pixel=False)
+    model_type: str = setting("adm", "model name, used only in the output file name", pixel=False)
+    gpu_id: str = setting("", "value for CUDA_VISIBLE_DEVICES, set before CUDA starts ('' leaves it alone)",
+                          pixel=False)
+    grid: str = setting("", "also write a PNG grid of the first --grid_size samples to this path", pixel=False)
+    grid_size: int = setting(64, "number of samples in the --grid / --compare_grid PNG", pixel=False)
+    compare_grid: str = setting("", "also write a PNG comparing the first --grid_size samples without (left) and "
+                                "with (right) the time shift, same seeds (uses --window/--cutoff/--ts_rule even if "
+                                "--do_time_shift is False)", pixel=False)
+    progress: bool = setting(True, "show a progress bar (rank 0, counting every process's samples) and the images/s",
+                             pixel=False)
+    keep_parts: bool = setting(False, "keep OUT.npz.parts/ (finished batches) after writing OUT.npz; a later run "
+                               "with a larger --num_samples then only makes the new samples", pixel=False)
+    overwrite: bool = setting(False, "discard finished parts in OUT.npz.parts/ and start over (needed when the "
+                              "pixel-affecting flags or the checkpoint changed)", pixel=False)
+    classifier_scale: float = setting(1.0, "accepted for upstream compatibility; unused by this script", pixel=False)
+    classifier_depth: int = setting(4, "accepted for upstream compatibility; unused by this script", pixel=False)
+    classifier_path: str = setting(".", "accepted for upstream compatibility; unused by this script", pixel=False)
+
+    def validate(self):
+        if self.num_samples < 1:
+            raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.grid_size < 1:
+            raise ValueError(f"--grid_size must be >= 1, got {self.grid_size}")
+
+
+@dataclass
+class TrainConfig:
+    """``scripts/image_train.py`` (upstream's training flags plus out_dir, max_steps, seed, ema_warmup)."""
+
+    data_dir: str = setting("", "training images: a folder (recursive) or an .npz with arr_0 uint8 NHWC (arr_1 labels)")
+    out_dir: str = setting("train_out", "directory for checkpoints, args.json, log.txt and progress.csv")
+    schedule_sampler: str = setting("uniform", "timestep sampler", choices=SCHEDULE_SAMPLERS)
+    lr: float = setting(1e-4, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    lr_anneal_steps: int = setting(0, "if > 0: lr decays linearly to 0 over this many steps and training stops there")
+    max_steps: int = setting(0, "stop after this many steps in total, without changing the lr schedule (0: no limit)")
+    batch_size: int = setting(1, "images per step per process (global batch = batch_size * processes)")
+    microbatch: int = setting(-1, "split each batch into chunks of this size and accumulate gradients (-1: no split)")
+    ema_rate: str = setting("0.9999", "comma list of EMA rates, one ema_<rate>_<step>.pt per rate")
+    ema_warmup: bool = setting(True, "EMA rate min(rate, (1+t)/(10+t)) at step t, so short runs forget the random "
+                               "init (False: upstream's constant rate)")
+    log_interval: int = setting(10, "steps between log lines / progress.csv rows")
+    save_interval: int = setting(10000, "steps between checkpoints (the final step is always saved; 0: final only)")
+    resume_checkpoint: str = setting("", "model<step>.pt to resume from (ema/opt files beside it); another file "
+                                     "name loads the weights and starts at step 0")
+    fp16_scale_growth: float = setting(1e-3, "log2 loss-scale growth per step with --use_fp16 True")
+    seed: int = setting(0, "seed of the initialisation, data order, flips, timesteps, noise and dropout")
+    random_flip: bool = setting(True, "random horizontal flips of training images")
+
+
+SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)
+MODEL_DIFFUSION_GROUPS = (ModelConfig, DiffusionConfig, TimeShiftConfig)
+
+
+# ------------------------------------------------------------------ derived: names, dicts, parsers
+def field_names(cls):
+    return [f.name for f in fields(cls)]
+
+
+def declared(*classes):
+    """{name: dataclasses.Field} over ``classes`` (the first declaration of a shared name wins)."""
+    out = {}
+    for cls in classes:
+        for f in fields(cls):
+            out.setdefault(f.name, f)
+    return out
+
+
+def defaults(*classes):
+    """{name: default} over ``classes``."""
+    return {name: f.default for name, f in declared(*classes).items()}
+
+
+def config_from_dict(cls, values):
+    """``cls`` from the keys of ``values`` that it declares (others ignored; missing ones default)."""
+    return cls(**{k: values[k] for k in field_names(cls) if k in values})
+
+
+def configs_from_args(args, *classes):
+    """One config per class from an argparse namespace (or a dict)."""
+    values = vars(args) if not isinstance(args, dict) else args
+    return tuple(config_from_dict(cls, values) for cls in classes)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _parser_type(f, default):
+    parse = f.metadata.get("parse") if f is not None else None
+    if parse is not None:
+        return parse
+    if isinstance(default, bool):
+        return str2bool
+    if default is None:
+        return str
+    return type(default)
+
+
+def add_argument(parser, name, default, f=None, help=None):
+    """``--name`` with the declaration's parser, choices and help (``f`` a dataclass Field or None)."""
+    meta = f.metadata if f is not None else {}
+    text = help or meta.get("help") or name.replace("_", " ")
+    parser.add_argument(
+        f"--{name}",
+        default=default,
+        type=_parser_type(f, default),
+        choices=meta.get("choices"),
+        help=f"{text} (default: {default!r})",
+    )
+
+
+def add_settings(parser, *classes, skip=()):
+    """Add one flag per declared setting of ``classes`` (a name shared by two classes once)."""
+    for name, f in declared(*classes).items():
+        if name not in skip:
+            add_argument(parser, name, f.default, f)
+    return parser
+
+
+def pixel_settings(*configs):
+    """{name: value} of the settings that can change a sample's pixels, sorted by name."""
+    out = {}
+    for cfg in configs:
+        for f in fields(cfg):
+            if f.metadata.get("pixel", True):
+                out[f.name] = getattr(cfg, f.name)
+    return dict(sorted(out.items()))
+
+
+def name_suffix(*configs):
+    """The npz-name parts of the settings that declare a ``suffix`` and differ from their default."""
+    text = ""
+    for cfg in configs:
+        for f in fields(cfg):
+            fmt = f.metadata.get("suffix")
+            value = getattr(cfg, f.name)
+            if fmt and value != f.default:
+                text += fmt.format(value)
+    return text
+
+
+def as_dict(*configs):
+    out = {}
+    for cfg in configs:
+        out.update(dataclasses.asdict(cfg))
+    return out
