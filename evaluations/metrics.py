@@ -368,7 +368,8 @@ def kid(features_1, features_2, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_
         else:
             sxy = _poly_col_sums(f1[i1], f2[i2], block_size).sum()
         values[s] = (sxx + syy) / (m * (m - 1)) - 2.0 * sxy / (m * m)
-    std = float(values.std())
+    # Both sets whole: every subset gives the same number (the spread would be round-off only).
+    std = 0.0 if (whole1 and whole2) else float(values.std())
     return {
         "mean": float(values.mean()),
         "std": std,
