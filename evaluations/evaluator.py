@@ -258,7 +258,8 @@ def open_batch(path, role="input"):
             raise EvaluatorInputError(f"{path}: has mu_s/sigma_s but no mu/sigma; store all four")
     if pool_features is not None:
         if "mu" not in stats:
-            raise EvaluatorInputError(f"{path}: has 'pool_3' features but no mu/sigma; recompute with evaluator.py --stats")
+            raise EvaluatorInputError(
+                f"{path}: has 'pool_3' features but no mu/sigma; recompute with evaluator.py --stats")
         if (pool_features.ndim != 2 or pool_features.shape[1] != _inception.POOL_DIM or pool_features.shape[0] < 2
                 or pool_features.dtype.kind != "f"):
             raise EvaluatorInputError(
@@ -270,7 +271,8 @@ def open_batch(path, role="input"):
             raise EvaluatorInputError(f"{path}: 'pool_3' contains NaN or Inf; recompute the statistics")
     if stats_num_images is not None:
         if stats_num_images.shape != () or stats_num_images.dtype.kind not in "iu" or int(stats_num_images) < 2:
-            raise EvaluatorInputError(f"{path}: 'num_images' must be an integer >= 2; recompute with evaluator.py --stats")
+            raise EvaluatorInputError(
+                f"{path}: 'num_images' must be an integer >= 2; recompute with evaluator.py --stats")
         stats_num_images = int(stats_num_images)
 
     if image_shape is None and not stats:
