@@ -12,12 +12,24 @@ Definitions follow guided-diffusion's ``evaluations/evaluator.py`` (TF):
   when its squared distance to some point of the other set is <= that point's squared distance to
   its k-th nearest neighbour (itself excluded). Distances are computed block by block (torch), so
   an N x M matrix never exists in memory.
+
+Additions that are not in guided-diffusion's evaluator:
+
+* KID (Binkowski et al. 2018) as torch-fidelity / clean-fid define it: polynomial kernel
+  ``k(x, y) = (x . y / d + 1)^3``, the unbiased MMD^2 estimate on random subsets of equal size
+  (default 1000, capped at the smaller set), averaged over 100 subsets; seeded (default 2020, the
+  seed torch-fidelity uses), float64, blocked. :func:`kid`.
+* An uncertainty for FID: a bootstrap over the sample features against fixed reference statistics
+  (:func:`fid_bootstrap`), and the FIDs of disjoint random chunks of the samples
+  (:func:`fid_splits`). Both use the eigendecomposition route of :func:`trace_sqrt_product_eigh`.
 """
 
+import sys
 import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas as _blas
 import torch
 
 __all__ = [
@@ -28,6 +40,12 @@ __all__ = [
     "softmax",
     "manifold_radii",
     "precision_recall",
+    "kid",
+    "fid_bootstrap",
+    "fid_splits",
+    "KID_SUBSETS",
+    "KID_SUBSET_SIZE",
+    "KID_SEED",
 ]
 
 
@@ -229,3 +247,290 @@ def precision_recall(ref_features, sample_features, k=3, batch_size=5000, device
     precision = sample_in.to(torch.float64).mean().item()
     recall = ref_in.to(torch.float64).mean().item()
     return float(precision), float(recall)
+
+
+# ----------------------------------------------------------------------------------------------
+# KID (kernel inception distance)
+# ----------------------------------------------------------------------------------------------
+
+KID_SUBSETS = 100  # torch-fidelity's kid_subsets (clean-fid: num_subsets=100)
+KID_SUBSET_SIZE = 1000  # torch-fidelity's kid_subset_size (clean-fid: max_subset_size=1000)
+KID_SEED = 2020  # torch-fidelity's default rng_seed
+
+
+def _poly_kernel(a, b, d):
+    """(a b^T / d + 1)^3 for float64 row blocks a, b."""
+    k = a @ b.T
+    k *= 1.0 / d
+    k += 1.0
+    out = k * k
+    out *= k
+    return out
+
+
+def _poly_offdiag_sum(a, block_size):
+    """sum_{i != j} (a_i . a_j / d + 1)^3 over the rows of ``a``, in float64, blocked.
+
+    Only blocks on or above the block diagonal are computed; a diagonal block uses the symmetric
+    rank-k product (BLAS syrk) and only its strict upper triangle is summed.
+    """
+    n, d = a.shape
+    total = 0.0
+    for i in range(0, n, block_size):
+        ai = np.asarray(a[i : i + block_size], dtype=np.float64)
+        b = ai.shape[0]
+        g = _blas.dsyrk(1.0 / d, ai.T, trans=1)  # ai ai^T / d, upper triangle valid
+        k = np.triu(g, 1)
+        k += 1.0
+        cube = k * k
+        cube *= k
+        # Entries on and below the diagonal of ``k`` are exactly 1 and contribute 1 each.
+        total += 2.0 * (cube.sum() - b * (b + 1) / 2.0)
+        for j in range(i + block_size, n, block_size):
+            aj = np.asarray(a[j : j + block_size], dtype=np.float64)
+            total += 2.0 * _poly_kernel(ai, aj, d).sum()
+    return total
+
+
+def _poly_col_sums(a, b, block_size):
+    """r_j = sum_i (a_i . b_j / d + 1)^3 for every row j of ``b``, in float64, blocked."""
+    d = a.shape[1]
+    out = np.zeros(b.shape[0], dtype=np.float64)
+    for j in range(0, b.shape[0], block_size):
+        bj = np.asarray(b[j : j + block_size], dtype=np.float64)
+        for i in range(0, a.shape[0], block_size):
+            ai = np.asarray(a[i : i + block_size], dtype=np.float64)
+            out[j : j + block_size] += _poly_kernel(ai, bj, d).sum(axis=0)
+    return out
+
+
+def kid(features_1, features_2, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=KID_SEED,
+        block_size=2048, progress=False):
+    """Kernel Inception Distance of two feature sets (N1, d) and (N2, d), as torch-fidelity defines it.
+
+    For each of ``num_subsets`` subsets, ``m = min(subset_size, N1, N2)`` rows are drawn without
+    replacement from each set (``np.random.RandomState(seed).choice``, set 1 then set 2, as
+    torch-fidelity does, so equal seeds give equal subsets) and the unbiased MMD^2 with the kernel
+    ``k(x, y) = (x . y / d + 1)^3`` is computed::
+
+        sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (m (m - 1))
+            - 2 sum_{i, j} k(x_i, y_j) / m^2
+
+    Unlike torch-fidelity (which stops when a set is smaller than ``subset_size``), the subset size
+    is capped at the smaller set, as clean-fid does. All sums are in float64 over ``block_size``
+    row blocks. A set used whole (``m`` equals its size) gives the same within-set sum in every
+    subset (the estimate does not depend on row order), so that sum, and its kernel sums against
+    every row of the other set, are computed once.
+
+    Returns a dict: ``mean`` (KID), ``std`` (population standard deviation of the subset
+    estimates, as torch-fidelity's ``kernel_inception_distance_std``), ``se`` (``std /
+    sqrt(num_subsets)``: the Monte-Carlo error of ``mean`` due to the choice of subsets), ``values``
+    (the per-subset estimates), ``subset_size`` (``m``), ``num_subsets``, ``seed``, ``n1``, ``n2``.
+    """
+    f1 = np.asarray(features_1)
+    f2 = np.asarray(features_2)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"feature shapes {f1.shape} and {f2.shape} are incompatible; need (N1, d), (N2, d)")
+    if num_subsets < 1 or subset_size < 2 or block_size < 1:
+        raise ValueError("num_subsets must be >= 1, subset_size >= 2 and block_size >= 1")
+    n1, n2 = f1.shape[0], f2.shape[0]
+    m = min(int(subset_size), n1, n2)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 feature vectors per set, got {n1} and {n2}")
+    whole1, whole2 = m == n1, m == n2
+    xx = _poly_offdiag_sum(f1, block_size) if whole1 else None
+    yy = _poly_offdiag_sum(f2, block_size) if whole2 else None
+    if whole1 and whole2:
+        xy_total = float(_poly_col_sums(f1, f2, block_size).sum())
+    elif whole1:
+        per_row_2 = _poly_col_sums(f1, f2, block_size)  # kernel sums of each row of set 2 vs all of set 1
+    elif whole2:
+        per_row_1 = _poly_col_sums(f2, f1, block_size)
+
+    rng = np.random.RandomState(seed)
+    values = np.empty(num_subsets, dtype=np.float64)
+    iterator = range(num_subsets)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="KID subsets", unit="subset", file=sys.stderr, leave=False)
+    for s in iterator:
+        i1 = rng.choice(n1, m, replace=False)
+        i2 = rng.choice(n2, m, replace=False)
+        sxx = xx if whole1 else _poly_offdiag_sum(f1[i1], block_size)
+        syy = yy if whole2 else _poly_offdiag_sum(f2[i2], block_size)
+        if whole1 and whole2:
+            sxy = xy_total
+        elif whole1:
+            sxy = per_row_2[i2].sum()
+        elif whole2:
+            sxy = per_row_1[i1].sum()
+        else:
+            sxy = _poly_col_sums(f1[i1], f2[i2], block_size).sum()
+        values[s] = (sxx + syy) / (m * (m - 1)) - 2.0 * sxy / (m * m)
+    # Both sets whole: every subset gives the same number (the spread would be round-off only).
+    std = 0.0 if (whole1 and whole2) else float(values.std())
+    return {
+        "mean": float(values.mean()),
+        "std": std,
+        "se": std / float(np.sqrt(num_subsets)),
+        "values": values,
+        "subset_size": m,
+        "num_subsets": int(num_subsets),
+        "seed": seed,
+        "n1": n1,
+        "n2": n2,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# FID uncertainty: bootstrap over samples, disjoint splits
+# ----------------------------------------------------------------------------------------------
+
+
+class _FrechetResampler:
+    """FID of re-weighted copies of fixed sample features against fixed reference statistics.
+
+    A resample is given by integer counts ``c`` (length N, sum n): its mean is ``sum c_i x_i / n``
+    and its covariance ``sum c_i (x_i - m)(x_i - m)^T / (n - 1)`` -- exactly ``np.mean`` /
+    ``np.cov`` of the array with row i repeated c_i times. ``tr((sigma_ref sigma_b)^(1/2))`` is the
+    sum of the square roots of the eigenvalues of ``A sigma_b A`` (``A = sigma_ref^(1/2)``), as in
+    :func:`trace_sqrt_product_eigh`. Two equivalent routes to those eigenvalues:
+
+    * "sample" (N <= 2 d): ``A sigma_b A = Z^T Z`` with ``Z`` having one row per distinct sample, so
+      its non-zero eigenvalues are those of ``Z Z^T`` (k x k, k = distinct samples), which is built
+      from ``G = X0 sigma_ref X0^T`` (computed once) in O(k^2): one k x k eigendecomposition per
+      resample and no d x d work at all;
+    * "feature" (N > 2 d): ``Y = X0 A`` once, then per resample the weighted covariance of ``Y``
+      (O(k d^2)) and one d x d symmetric eigendecomposition.
+
+    Linear algebra runs in float64 with torch on ``device``.
+    """
+
+    def __init__(self, features, mu_ref, sigma_ref, device="cpu", space=None, chunk_size=8192):
+        x = np.asarray(features)
+        mu_ref = np.asarray(mu_ref, dtype=np.float64)
+        sigma_ref = np.asarray(sigma_ref, dtype=np.float64)
+        if x.ndim != 2 or mu_ref.shape != (x.shape[1],) or sigma_ref.shape != (x.shape[1],) * 2:
+            raise ValueError(f"features {x.shape}, mu {mu_ref.shape} and sigma {sigma_ref.shape} are incompatible")
+        n, d = x.shape
+        if n < 2:
+            raise ValueError("at least 2 sample feature vectors are needed")
+        self.n, self.d, self.chunk = n, d, chunk_size
+        self.device = torch.device(device)
+        t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)  # noqa: E731
+        self.x0 = torch.tensor(x, dtype=torch.float64, device=self.device)  # a copy: centred in place
+        xbar = self.x0.mean(0)
+        self.x0 -= xbar
+        self.sq = (self.x0 * self.x0).sum(1)
+        self.delta = xbar - t(mu_ref)
+        sig = t(sigma_ref)
+        self.tr_ref = float(torch.trace(sig))
+        self.space = space or ("sample" if n <= 2 * d else "feature")
+        if self.space == "sample":
+            g = (self.x0 @ sig) @ self.x0.T
+            self.gram = (g + g.T) / 2.0
+        elif self.space == "feature":
+            w, v = torch.linalg.eigh(sig)
+            a = (v * w.clamp_min(0.0).sqrt()) @ v.T
+            self.y = torch.empty_like(self.x0)
+            for i in range(0, n, chunk_size):
+                self.y[i : i + chunk_size] = self.x0[i : i + chunk_size] @ a
+        else:
+            raise ValueError(f"unknown space {space!r}")
+
+    def fid(self, counts):
+        c = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=self.device)
+        n = float(c.sum())
+        if n < 2:
+            raise ValueError("a resample needs at least 2 samples")
+        w = c / n
+        mx = self.x0.T @ w  # resample mean minus the full-sample mean
+        mean_term = float(((self.delta + mx) ** 2).sum())
+        tr_b = (float(c @ self.sq) - n * float(mx @ mx)) / (n - 1.0)
+        sup = torch.nonzero(c).squeeze(1)
+        cs = c[sup]
+        if self.space == "sample":
+            gs = self.gram.index_select(0, sup).index_select(1, sup)
+            g = gs @ (cs / n)
+            m = gs - g[:, None] - g[None, :] + (g @ (cs / n))
+            r = cs.sqrt()
+            m *= r[:, None] * r[None, :] / (n - 1.0)
+        else:
+            my = self.y.T @ w
+            m = torch.zeros((self.d, self.d), dtype=torch.float64, device=self.device)
+            for i in range(0, sup.numel(), self.chunk):
+                idx = sup[i : i + self.chunk]
+                yc = self.y.index_select(0, idx)
+                m += (yc * c[idx, None]).T @ yc
+            m -= n * torch.outer(my, my)
+            m /= n - 1.0
+        ev = torch.linalg.eigvalsh((m + m.T) / 2.0)
+        # Eigenvalues at round-off level (the matrix has rank <= min(k - 1, d)) count as zero;
+        # their square roots would otherwise add up to a visible bias.
+        tol = float(ev.abs().max()) * ev.numel() * np.finfo(np.float64).eps
+        tr_sqrt = float(torch.where(ev > tol, ev, torch.zeros_like(ev)).sqrt().sum())
+        return mean_term + self.tr_ref + tr_b - 2.0 * tr_sqrt
+
+
+def fid_bootstrap(sample_features, mu_ref, sigma_ref, rounds=200, seed=0, device="cpu", progress=False,
+                  space=None):
+    """Bootstrap spread of FID over the samples, the reference statistics held fixed.
+
+    Each round draws N sample feature vectors with replacement (``np.random.default_rng(seed)``)
+    and computes the FID of the resample against ``(mu_ref, sigma_ref)`` by the eigendecomposition
+    route (see :class:`_FrechetResampler`; round-off-level equal to ``frechet_distance(...,
+    method="eigh")`` on the resampled array).
+
+    ``sd`` (standard deviation over rounds, ddof=1) estimates the sampling noise of FID that comes
+    from drawing N samples: how much the FID of another N-sample run of the same model would
+    differ. It does not include the reference side's noise, and the bootstrap values themselves are
+    biased upward (a resample has ~0.63 N distinct points) -- only their spread is used.
+
+    Returns a dict: ``fid`` (point FID of all samples, eigh route), ``sd``, ``values`` (per round),
+    ``rounds``, ``seed``, ``num_samples``, ``space``.
+    """
+    if rounds < 2:
+        raise ValueError("the bootstrap needs at least 2 rounds")
+    res = _FrechetResampler(sample_features, mu_ref, sigma_ref, device=device, space=space)
+    n = res.n
+    point = res.fid(np.ones(n))
+    rng = np.random.default_rng(seed)
+    values = np.empty(rounds, dtype=np.float64)
+    iterator = range(rounds)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="FID bootstrap", unit="round", file=sys.stderr, leave=False)
+    for b in iterator:
+        counts = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        values[b] = res.fid(counts)
+    return {"fid": point, "sd": float(values.std(ddof=1)), "values": values, "rounds": int(rounds),
+            "seed": seed, "num_samples": n, "space": res.space}
+
+
+def fid_splits(sample_features, mu_ref, sigma_ref, num_splits=2, seed=0, device="cpu", space=None):
+    """FIDs of ``num_splits`` disjoint random chunks of the samples against fixed reference statistics.
+
+    The samples are shuffled (``np.random.default_rng(seed).permutation``, so class-ordered sample
+    files are mixed) and cut into ``num_splits`` chunks of ``N // num_splits`` (a remainder is left
+    out). Each chunk's FID is that of ``N / num_splits`` samples, so it is biased upward relative to
+    the FID of all N; the spread of the chunk FIDs is the sampling noise at that smaller size.
+
+    Returns a dict: ``values`` (one FID per chunk), ``mean``, ``sd`` (ddof=1), ``split_size``,
+    ``num_splits``, ``seed``.
+    """
+    res = _FrechetResampler(sample_features, mu_ref, sigma_ref, device=device, space=space)
+    size = res.n // int(num_splits)
+    if num_splits < 2 or size < 2:
+        raise ValueError(f"need num_splits >= 2 chunks of at least 2 samples; got {res.n} samples, "
+                         f"{num_splits} splits")
+    perm = np.random.default_rng(seed).permutation(res.n)
+    values = []
+    for k in range(num_splits):
+        counts = np.zeros(res.n)
+        counts[perm[k * size : (k + 1) * size]] = 1.0
+        values.append(res.fid(counts))
+    values = np.array(values)
+    return {"values": values, "mean": float(values.mean()), "sd": float(values.std(ddof=1)),
+            "split_size": size, "num_splits": int(num_splits), "seed": seed}

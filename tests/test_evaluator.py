@@ -231,7 +231,18 @@ def cheap_fid(monkeypatch):
     monkeypatch.setattr(E._metrics, "frechet_distance", proxy)
 
 
-LINE = re.compile(r"^(Inception Score|FID|sFID|Precision|Recall): (-?\d+\.\d{4}|not computed \(.+\))$")
+LINE = re.compile(r"^(Inception Score|FID|sFID|Precision|Recall|KID x10\^3): "
+                  r"(-?\d+\.\d{4}( \+/- \d+\.\d{4})?( \(.+\))?|not computed \(.+\))$")
+NAMES = ["Inception Score", "FID", "sFID", "Precision", "Recall", "KID x10^3"]
+OLD_JSON_KEYS = {"inception_score", "fid", "sfid", "precision", "recall", "not_computed", "notes", "ref_batch",
+                 "sample_batch", "num_ref_images", "num_sample_images", "inception_weights", "fid_method"}
+NEW_JSON_KEYS = {"fid_bootstrap_sd", "fid_bootstrap_rounds", "fid_bootstrap_seed", "kid_mean", "kid_std", "kid_se",
+                 "kid_subsets", "kid_subset_size", "kid_seed", "num_samples", "num_ref", "warnings"}
+
+
+def _value(line):
+    """The number of a printed metric line ('Name: value ...')."""
+    return float(line.split(": ", 1)[1].split()[0])
 
 
 @needs_weights
@@ -242,14 +253,27 @@ def test_cli_positional_with_json(batches, capsys, cheap_fid, cached_acts):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     lines = cap.out.strip().splitlines()
-    assert [l.split(":")[0] for l in lines] == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
+    assert [l.split(":")[0] for l in lines] == NAMES
     assert all(LINE.match(l) for l in lines), lines
     with open(out_json) as f:
         data = json.load(f)
+    assert OLD_JSON_KEYS | NEW_JSON_KEYS <= set(data)
     assert data["fid"] > 0 and data["sfid"] > 0 and data["fid_method"] == "eigh"
     assert 0 <= data["precision"] <= 1 and 0 <= data["recall"] <= 1
-    assert f"FID: {data['fid']:.4f}" in lines
+    assert lines[1].startswith(f"FID: {data['fid']:.4f} +/- {data['fid_bootstrap_sd']:.4f} (bootstrap sd over 200 ")
+    assert "N = 4 samples vs 4 reference images" in lines[1]
     assert data["num_ref_images"] == 4 and data["num_sample_images"] == 4
+    assert data["num_samples"] == 4 and data["num_ref"] == 4
+    # KID: subsets capped at the 4 images; both sets whole, so every subset is the same
+    assert data["kid_subset_size"] == 4 and data["kid_subsets"] == 100 and data["kid_seed"] == 2020
+    assert data["kid_std"] == 0.0 and data["kid_se"] == 0.0
+    assert lines[5].startswith(f"KID x10^3: {data['kid_mean'] * 1e3:.4f} +/- 0.0000 (mean +/- standard error over "
+                               "100 subsets of 4")
+    assert data["fid_bootstrap_sd"] > 0 and data["fid_bootstrap_rounds"] == 200 and data["fid_bootstrap_seed"] == 0
+    # small-N warnings, one line each, on stderr and in the JSON
+    assert len(data["warnings"]) == 2 and all("2,048" in w and "50,000" in w for w in data["warnings"])
+    assert cap.err.count("warning: FID/sFID from 4 samples") == 1
+    assert any("KID subsets capped at 4" in n for n in data["notes"])
     if data["inception_score"] is None:
         assert "logits" in data["not_computed"]["inception_score"]
         assert lines[0].startswith("Inception Score: not computed (")
@@ -260,8 +284,8 @@ def test_cli_positional_with_json(batches, capsys, cheap_fid, cached_acts):
 def test_cli_flag_form_equals_positional(monkeypatch, capsys):
     seen = []
 
-    def fake_evaluate(ref, sample, *args):
-        seen.append((ref.path, sample.path) + args)
+    def fake_evaluate(ref, sample, *args, **kwargs):
+        seen.append((ref.path, sample.path) + args + tuple(sorted(kwargs.items())))
         return {"fid": 1.0, "sfid": 2.0, "inception_score": 3.0, "precision": 0.5, "recall": 0.25,
                 "notes": [], "not_computed": {}}
 
@@ -272,8 +296,15 @@ def test_cli_flag_form_equals_positional(monkeypatch, capsys):
     assert E.main(["--ref_batch", "a.npz", "--sample_batch", "b.npz", "--batch_size", "7"]) == 0
     second = capsys.readouterr().out
     assert seen[0] == seen[1] and first == second
+    # Results without the new keys (an older caller's dict) print exactly as before.
     assert first.splitlines() == ["Inception Score: 3.0000", "FID: 1.0000", "sFID: 2.0000",
                                   "Precision: 0.5000", "Recall: 0.2500"]
+    assert dict(seen[0][-5:]) == {"kid_subsets": 100, "kid_subset_size": 1000, "kid_seed": 2020,
+                                  "fid_bootstrap": 200, "bootstrap_seed": 0}
+    assert E.main(["a.npz", "b.npz", "--kid_subsets", "7", "--kid_subset_size", "50", "--kid_seed", "1",
+                   "--fid_bootstrap", "0", "--bootstrap_seed", "3"]) == 0
+    assert dict(seen[2][-5:]) == {"kid_subsets": 7, "kid_subset_size": 50, "kid_seed": 1, "fid_bootstrap": 0,
+                                  "bootstrap_seed": 3}
 
 
 @needs_weights
@@ -282,29 +313,86 @@ def test_cli_stats_round_trip(batches, capsys, tmp_path, cheap_fid, cached_acts)
     rc = E.main(["--stats", batches["ref"], "--out", stats, "--inception_path", WEIGHTS, "--no_progress",
                  "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
+    assert "pool_3 features of 4 images" in capsys.readouterr().out
     with np.load(stats) as s:
-        assert sorted(s.files) == ["mu", "mu_s", "sigma", "sigma_s"]
+        assert sorted(s.files) == ["mu", "mu_s", "num_images", "pool_3", "sigma", "sigma_s"]
         assert s["mu"].shape == (2048,) and s["sigma"].shape == (2048, 2048)
         assert s["mu_s"].shape == (2023,) and s["sigma_s"].shape == (2023, 2023)
-    capsys.readouterr()
+        assert s["pool_3"].shape == (4, 2048) and s["pool_3"].dtype == np.float32 and int(s["num_images"]) == 4
+        np.testing.assert_allclose(s["pool_3"].astype(np.float64).mean(0), s["mu"], rtol=1e-5, atol=1e-6)
     rc = E.main([stats, batches["sample"], "--fid_method", "eigh", "--inception_path", WEIGHTS,
                  "--no_progress", "--device", "cpu"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     lines = cap.out.strip().splitlines()
-    assert len(lines) == 5 and all(LINE.match(l) for l in lines), lines
-    fid = float(lines[1].split(": ")[1])
-    sfid = float(lines[2].split(": ")[1])
+    assert len(lines) == 6 and all(LINE.match(l) for l in lines), lines
+    fid, sfid, kid = _value(lines[1]), _value(lines[2]), _value(lines[5])
+    assert "N = 4 samples vs 4 reference images" in lines[1]  # the count stored in the statistics file
     assert lines[3].startswith("Precision: not computed (") and "statistics only" in lines[3]
     assert lines[4].startswith("Recall: not computed (")
     if "fid" in batches:  # same numbers as from the images
         assert fid == pytest.approx(batches["fid"], abs=2e-4)
         assert sfid == pytest.approx(batches["sfid"], abs=2e-4)
-    # Statistics on both sides: FID / sFID only.
+    # KID from the stored features equals KID from the reference images
+    from_images = E.evaluate(batches["ref"], batches["sample"], WEIGHTS, "cpu", progress=False, fid_bootstrap=0)
+    assert kid == pytest.approx(from_images["kid_mean"] * 1e3, abs=1e-4)
+    # Statistics on both sides: FID / sFID, and KID / the bootstrap from the stored features.
     rc = E.main([stats, stats, "--fid_method", "eigh", "--no_progress"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert rc == 0 and float(lines[1].split(": ")[1]) == 0.0
+    assert rc == 0 and _value(lines[1]) == 0.0 and LINE.match(lines[5]) and "+/-" in lines[1]
     assert lines[0].startswith("Inception Score: not computed (") and "statistics only" in lines[0]
+
+
+@needs_weights
+def test_old_statistics_file_without_features(batches, tmp_path, capsys, cheap_fid, cached_acts):
+    """A statistics file from before KID support (mu, sigma, mu_s, sigma_s only) still works."""
+    full = E.compute_statistics_file(batches["ref"], str(tmp_path / "new.npz"), WEIGHTS, "cpu", progress=False)
+    old = _write(tmp_path / "old.npz", **{k: full[k] for k in ("mu", "sigma", "mu_s", "sigma_s")})
+    out_json = tmp_path / "m.json"
+    rc = E.main([old, batches["sample"], "--fid_method", "eigh", "--inception_path", WEIGHTS, "--no_progress",
+                 "--device", "cpu", "--json", str(out_json)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert all(LINE.match(l) for l in lines), lines
+    assert "+/-" in lines[1] and "reference statistics of unknown N" in lines[1]
+    assert lines[5].startswith("KID x10^3: not computed (") and "evaluator.py --stats" in lines[5]
+    data = json.loads(out_json.read_text())
+    assert data["kid_mean"] is None and data["kid_std"] is None and data["kid_se"] is None
+    assert "no pool_3 features" in data["not_computed"]["kid_mean"] and data["num_ref"] is None
+    assert data["fid_bootstrap_sd"] > 0 and data["fid"] > 0
+    # the other way round: samples given as statistics without features -> no bootstrap, no KID
+    rc = E.main([batches["ref"], old, "--fid_method", "eigh", "--inception_path", WEIGHTS, "--no_progress",
+                 "--device", "cpu", "--json", str(out_json)])
+    assert rc == 0
+    data = json.loads(out_json.read_text())
+    assert data["fid_bootstrap_sd"] is None and "regenerate" in data["not_computed"]["fid_bootstrap_sd"]
+    assert data["kid_mean"] is None
+
+
+@needs_weights
+def test_metrics_can_be_turned_off(batches, capsys, cheap_fid, cached_acts):
+    rc = E.main([batches["ref"], batches["sample"], "--fid_method", "eigh", "--inception_path", WEIGHTS,
+                 "--no_progress", "--device", "cpu", "--kid_subsets", "0", "--fid_bootstrap", "0"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and "+/-" not in lines[1] and lines[1].startswith("FID: ")
+    assert lines[5] == "KID x10^3: not computed (disabled (--kid_subsets 0))"
+
+
+@needs_weights
+def test_evaluate_samples_in_memory_array(batches, net, cheap_fid, cached_acts):
+    with np.load(batches["sample"]) as f:
+        images = f["arr_0"]
+    a = E.evaluate_samples(images, batches["ref"], net=net, device="cpu", fid_method="eigh", fid_bootstrap=20)
+    b = E.evaluate_samples(batches["sample"], batches["ref"], net=net, device="cpu", fid_method="eigh",
+                           fid_bootstrap=20)
+    for key in ("fid", "fid_bootstrap_sd", "kid_mean", "kid_std", "kid_se", "num_samples", "num_ref"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), key
+    assert a["num_samples"] == 4 and a["sample_batch"] == "<sample batch array>"
+    with pytest.raises(E.EvaluatorInputError, match="uint8"):
+        E.evaluate_samples(images.astype(np.float32), batches["ref"], net=net, device="cpu")
+    with pytest.raises(E.EvaluatorInputError, match="NHWC"):
+        E.evaluate_samples(images.transpose(0, 3, 1, 2), batches["ref"], net=net, device="cpu")
 
 
 @needs_weights
@@ -328,7 +416,7 @@ def _write(path, **arrays):
 
 
 @pytest.mark.parametrize("case", ["missing", "no_arr0", "float", "nchw", "npy", "mu_only", "bad_mu",
-                                  "text", "one_image"])
+                                  "text", "one_image", "pool3_shape", "pool3_no_mu", "pool3_nan"])
 def test_cli_bad_input(case, tmp_path, capsys):
     good = _write(tmp_path / "good.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
     bad = tmp_path / "bad.npz"
@@ -352,6 +440,12 @@ def test_cli_bad_input(case, tmp_path, capsys):
         bad = str(bad)
     elif case == "one_image":
         bad = _write(bad, arr_0=np.zeros((1, 8, 8, 3), np.uint8))
+    elif case == "pool3_shape":
+        bad = _write(bad, mu=np.zeros(2048), sigma=np.eye(2048), pool_3=np.zeros((5, 100), np.float32))
+    elif case == "pool3_no_mu":
+        bad = _write(bad, pool_3=np.zeros((5, 2048), np.float32))
+    elif case == "pool3_nan":
+        bad = _write(bad, mu=np.zeros(2048), sigma=np.eye(2048), pool_3=np.full((5, 2048), np.nan, np.float32))
     out_json = tmp_path / "m.json"
     rc = E.main([good, bad, "--json", str(out_json), "--no_progress"])
     cap = capsys.readouterr()
@@ -396,8 +490,22 @@ def test_help_documents_every_flag(capsys):
     for action in E.build_parser()._actions:
         assert action.help, action.dest
     for flag in ["--ref_batch", "--sample_batch", "--json", "--stats", "--out", "--batch_size", "--device",
-                 "--inception_path", "--fid_method"]:
+                 "--inception_path", "--fid_method", "--kid_subsets", "--kid_subset_size", "--kid_seed",
+                 "--fid_bootstrap", "--bootstrap_seed", "--no_progress"]:
         assert flag in text
+    # progress bars are on by default (on stderr); --no_progress turns them off
+    assert E.build_parser().parse_args(["a", "b"]).progress is True
+    assert E.build_parser().parse_args(["a", "b", "--no_progress"]).progress is False
+
+
+@pytest.mark.parametrize("flags", [["--kid_subsets", "-1"], ["--kid_subset_size", "1"], ["--fid_bootstrap", "1"],
+                                   ["--fid_bootstrap", "-2"]])
+def test_cli_bad_metric_flags(flags, tmp_path, capsys):
+    good = _write(tmp_path / "good.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(SystemExit) as e:
+        E.main([good, good, *flags])
+    cap = capsys.readouterr()
+    assert e.value.code == 2 and cap.out == "" and flags[0] in cap.err
 
 
 def test_script_runs_from_repo_root(tmp_path):

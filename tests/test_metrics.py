@@ -226,3 +226,99 @@ def test_pr_blocked_matches_brute_force(batch_size):
 def test_pr_needs_more_than_k_points():
     with pytest.raises(ValueError):
         M.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# FID bootstrap / splits
+# ---------------------------------------------------------------------------------------------
+
+
+def _ref_stats(d=8, seed=20):
+    return M.statistics(np.random.RandomState(seed).randn(4000, d))
+
+
+@pytest.mark.parametrize("n,d,space", [(12, 16, None), (30, 8, None), (30, 8, "sample"), (7, 8, "feature")])
+def test_bootstrap_point_fid_equals_frechet_eigh(n, d, space):
+    mu_r, s_r = _ref_stats(d)
+    x = np.random.RandomState(21).randn(n, d) * 1.3 + 0.2
+    x_copy = x.copy()
+    res = M.fid_bootstrap(x, mu_r, s_r, rounds=3, seed=0, space=space)
+    mu, sigma = M.statistics(x)
+    # n <= d: the sample covariance is singular; frechet_distance adds the square roots of its
+    # round-off-level eigenvalues (~1e-8 each), the resampler counts them as zero.
+    rel = 1e-9 if n > d else 1e-7
+    assert res["fid"] == pytest.approx(M.frechet_distance(mu_r, s_r, mu, sigma, method="eigh"), rel=rel)
+    assert res["space"] == (space or ("sample" if n <= 2 * d else "feature"))
+    np.testing.assert_array_equal(x, x_copy)  # the caller's array is not touched
+
+
+@pytest.mark.parametrize("space", ["sample", "feature"])
+def test_bootstrap_values_are_fids_of_resampled_arrays(space):
+    mu_r, s_r = _ref_stats(6)
+    x = np.random.RandomState(22).randn(25, 6) + 0.1
+    res = M.fid_bootstrap(x, mu_r, s_r, rounds=4, seed=9, space=space)
+    rng = np.random.default_rng(9)
+    for b in range(4):
+        xb = x[rng.integers(0, 25, size=25)]
+        mu, sigma = M.statistics(xb)
+        expected = M.frechet_distance(mu_r, s_r, mu, sigma, method="eigh")
+        assert res["values"][b] == pytest.approx(expected, rel=1e-9), b
+    assert res["sd"] == pytest.approx(np.std(res["values"], ddof=1))
+
+
+def test_bootstrap_seeded():
+    mu_r, s_r = _ref_stats(5)
+    x = np.random.RandomState(23).randn(40, 5)
+    a = M.fid_bootstrap(x, mu_r, s_r, rounds=10, seed=1)
+    b = M.fid_bootstrap(x, mu_r, s_r, rounds=10, seed=1)
+    c = M.fid_bootstrap(x, mu_r, s_r, rounds=10, seed=2)
+    np.testing.assert_array_equal(a["values"], b["values"])
+    assert a["sd"] == b["sd"] and not np.array_equal(a["values"], c["values"])
+
+
+def test_bootstrap_sd_shrinks_as_inverse_sqrt_n_and_matches_resampling_noise():
+    """Synthetic Gaussians: sd(N) ~ 1/sqrt(N), and it estimates the spread of FID over fresh draws."""
+    d = 8
+    mu_r, s_r = np.zeros(d), np.eye(d)  # reference: N(0, I), known exactly
+    rs = np.random.RandomState(24)
+
+    def draw(n):
+        return rs.randn(n, d) * 1.2 + 0.3
+
+    sds = {n: M.fid_bootstrap(draw(n), mu_r, s_r, rounds=300, seed=0)["sd"] for n in (250, 1000)}
+    ratio = sds[250] / sds[1000]
+    assert 1.5 < ratio < 2.7, ratio  # 1/sqrt(N) predicts 2
+    # The spread of FID over 150 independent 250-sample draws.
+    fresh = []
+    for _ in range(150):
+        mu, sigma = M.statistics(draw(250))
+        fresh.append(M.frechet_distance(mu_r, s_r, mu, sigma, method="eigh"))
+    assert 0.67 < sds[250] / np.std(fresh, ddof=1) < 1.5
+
+
+def test_bootstrap_needs_two_rounds_and_matching_shapes():
+    mu_r, s_r = _ref_stats(4)
+    x = np.random.RandomState(25).randn(10, 4)
+    with pytest.raises(ValueError):
+        M.fid_bootstrap(x, mu_r, s_r, rounds=1)
+    with pytest.raises(ValueError):
+        M.fid_bootstrap(x[:, :3], mu_r, s_r)
+    with pytest.raises(ValueError):
+        M.fid_bootstrap(x[:1], mu_r, s_r)
+
+
+def test_fid_splits_are_fids_of_disjoint_shuffled_chunks():
+    mu_r, s_r = _ref_stats(5)
+    x = np.random.RandomState(26).randn(41, 5) + 0.2
+    res = M.fid_splits(x, mu_r, s_r, num_splits=3, seed=4)
+    perm = np.random.default_rng(4).permutation(41)
+    assert res["split_size"] == 13 and len(res["values"]) == 3
+    for k in range(3):
+        mu, sigma = M.statistics(x[perm[k * 13 : (k + 1) * 13]])
+        assert res["values"][k] == pytest.approx(M.frechet_distance(mu_r, s_r, mu, sigma, method="eigh"), rel=1e-9)
+    assert res["mean"] == pytest.approx(res["values"].mean())
+    assert res["sd"] == pytest.approx(np.std(res["values"], ddof=1))
+    with pytest.raises(ValueError):
+        M.fid_splits(x[:3], mu_r, s_r, num_splits=2)
+    with pytest.raises(ValueError):
+        M.fid_splits(x, mu_r, s_r, num_splits=1)
