@@ -137,7 +137,8 @@ def pndm_time_pairs(sample_speed, num_timesteps=1000):
 
     skip = T // S; seq = [k + 1 for k in range(0, T, skip)] without its last element;
     next = [0] + seq[:-1]; the pairs run from the noisiest down. When S divides T this is S - 1
-    transitions (S = 10: 901 -> 801 ... 1 -> 0), ending at alpha_bar[0] (not clean).
+    transitions (S = 10: 801 -> 701 ... 101 -> 1 -> 0; S = 100 starts at 981), ending at
+    alpha_bar[0] (not clean).
     :return: list of (t, t_next) int pairs of original timesteps, noisiest first.
     """
     if sample_speed < 2 or sample_speed > num_timesteps:
