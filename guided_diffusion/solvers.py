@@ -37,9 +37,12 @@ original timesteps (possibly non-integer: F-PNDM's midpoints), ``a`` (B,) float6
 The loop's closure must return eps processed exactly as the main call's (ES scaling, x0 clipping
 and re-derivation when clip_denoised) and must call the network at the float time ``t``.
 ``alpha_at(t)`` maps such times to alpha_bar (F-PNDM midpoints); :func:`floor_alpha_at` gives the
-upstream rule ``alphas_cumprod[floor(t)]``. ``t_next`` must be the time whose alpha_bar is
-``a_next`` (with the time shift: the matched per-sample target time). The number of calls a run
-makes is :func:`nfe`; :meth:`extra_evals` says it per step before the step runs.
+upstream rule ``alphas_cumprod[floor(t)]``. ``t_cur`` / ``t_next``: floats or (B,) tensors of
+original timesteps; ``t_next`` must be the time whose alpha_bar is ``a_next``: with the time shift,
+rule "pndm" tau_b, rule "adm" tau_b - off - 1 (its target index; -1 = clean). Since t may be
+fractional, the closure calls the raw network with original timesteps (not the respaced-index
+wrapper). The number of calls a run makes is :func:`nfe`; :meth:`extra_evals` says it per step
+before the step runs.
 
 Time shift (per-sample a_next). In every solver here the shifted target enters ONLY the step it
 was chosen for ("target-only", as the ADM loop and the DDPM-backbone repo's PNDM do): the history
@@ -329,8 +332,9 @@ class _PNDM:
         return len(state.eps) < self.warmup_steps
 
     def extra_evals(self, state, *, ends_clean=False):
-        """Extra ``eval_eps`` calls the next ``step`` makes (0, or warmup_extra in a warm-up step;
-        a warm-up step whose target is clean for the whole batch falls back to DDIM: 0)."""
+        """Extra ``eval_eps`` calls the next ``step`` makes: warmup_extra in a warm-up step, else 0.
+        ``ends_clean``: the step's target is alpha_bar = 1 for some sample; a warm-up step then
+        falls back to DDIM for the whole batch (no network time exists at the clean end): 0."""
         return self.warmup_extra if self._in_warmup(state) and not ends_clean else 0
 
     def step(self, state, x, eps, x0, a_cur, a_next, *, t_cur=None, t_next=None, eval_eps=None,
@@ -340,7 +344,8 @@ class _PNDM:
         if self._in_warmup(state):
             if bool((a_next >= 1).any()):
                 # The warm-up would evaluate the network at the clean end (no time there):
-                # take the Euler (DDIM) step; only reachable when a run ends during warm-up.
+                # take the Euler (DDIM) step for the batch; only reachable when a run ends during
+                # warm-up (or a shift targets alpha_bar = 1). One host read, warm-up steps only.
                 e = eps
             else:
                 if eval_eps is None or t_cur is None or t_next is None:
