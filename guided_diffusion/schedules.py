@@ -44,6 +44,10 @@ def space_timesteps(num_timesteps, section_counts):
     :param section_counts: a list of per-section counts, or a string:
         - "ddimN": the smallest stride s with len(range(0, T, s)) == N (DDIM's uniform grid;
           never includes T-1);
+        - "quadN": the DDIM repository's quadratic skip, ``int(x ** 2)`` for x in
+          ``np.linspace(0, sqrt(0.8 T), N)`` (0 up to 0.8 T, dense near 0; TS-DPM Table 1). Duplicate
+          timesteps (N too large for T: near 0 the gaps fall below 1) are an error, which names the
+          largest N that gives N distinct steps (29 for T = 1000);
         - "N" or "a,b,c": split [0, T) into equal sections and take that many evenly spaced
           (rounded) steps from each; a single section includes both 0 and T-1.
     :return: a set of original timesteps (ints in [0, T)).
@@ -69,11 +73,35 @@ def space_timesteps(num_timesteps, section_counts):
                 f"timestep_respacing {section_counts!r}: no integer stride gives exactly "
                 f"{desired} steps out of {num_timesteps}; pick another N or use plain '{desired}'"
             )
+        if text.startswith("quad"):
+            try:
+                desired = int(text[len("quad"):])
+            except ValueError:
+                raise ValueError(
+                    f"timestep_respacing {section_counts!r}: expected 'quadN' with an integer N"
+                ) from None
+            if desired < 1:
+                raise ValueError(f"timestep_respacing {section_counts!r}: N must be >= 1")
+            # More than T steps cannot be distinct; don't build a huge grid to find out.
+            steps = _quadratic_timesteps(num_timesteps, min(desired, num_timesteps + 1))
+            if len(steps) < desired:
+                largest = next(
+                    n for n in range(min(desired - 1, num_timesteps), 0, -1)
+                    if len(_quadratic_timesteps(num_timesteps, n)) == n
+                )
+                got = (f"gives only {len(steps)} distinct" if desired <= num_timesteps
+                       else f"cannot give {desired} distinct")
+                raise ValueError(
+                    f"timestep_respacing {section_counts!r}: the quadratic grid repeats timesteps near 0 "
+                    f"and {got} steps out of {num_timesteps}; use quad{largest} or smaller, "
+                    f"or 'ddimN' / plain 'N'"
+                )
+            return steps
         try:
             section_counts = [int(x) for x in text.split(",")]
         except ValueError:
             raise ValueError(
-                f"timestep_respacing {section_counts!r}: expected '', 'N', 'a,b,c' or 'ddimN'"
+                f"timestep_respacing {section_counts!r}: expected '', 'N', 'a,b,c', 'ddimN' or 'quadN'"
             ) from None
     if not section_counts:
         raise ValueError("timestep_respacing: empty section list")
@@ -95,3 +123,9 @@ def space_timesteps(num_timesteps, section_counts):
             cur_idx += frac_stride
         start_idx += size
     return set(all_steps)
+
+
+def _quadratic_timesteps(num_timesteps, count):
+    """The set {int(x ** 2) : x in linspace(0, sqrt(0.8 T), count)} (DDIM repo, ``skip_type="quad"``)."""
+    xs = np.linspace(0, np.sqrt(0.8 * num_timesteps), count) ** 2
+    return set(int(v) for v in xs)
