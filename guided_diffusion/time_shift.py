@@ -1,9 +1,11 @@
 """The Time-Shift rule of TS-DPM (Li et al., ICLR 2024, arXiv 2305.15583, Algorithm 1).
 
 A pure function of tensors: no model, no RNG, no history. Both sampling loops (DDIM and DDPM)
-call :func:`shift_target` once per step, with the current state ``x``, *before* forming the
-next state. The shift changes only the **target** noise level of that step (``alpha_bar`` of the
-state the step produces): the network is still called at the nominal timestep, the x0 / eps
+call :func:`shift_target` once per eligible step, with the current state ``x``, *before* forming
+the next state; for rules that read this step's prediction (``needs_prediction(ts)``: rule
+"adm-data") the call comes after the network call and before the update, with ``x0_hat``. The
+shift changes only the **target** noise level of that step (``alpha_bar`` of the state the step
+produces): the network is still called at the nominal timestep, the x0 / eps
 prediction still uses the nominal ``alpha_bar_t``, and the next step returns to the nominal
 grid ("target-only" semantics, as the paper's code does).
 
@@ -25,9 +27,20 @@ rule "pndm" (Mingxiao-Li/TS-DPM ``PNMSolver.apply_time_shift``; spec section 6.3
     expected(tau) = 1 - alphas_cumprod[tau]
     target       = alphas_cumprod[tau_b]             (no stride offset)
     eligible     when the step is not the first one and nxt > cutoff (strict).
+rule "adm-data" (ours; docs/samplers_beyond_ts.md section 3): as "adm" (window centred on cur,
+    same eligibility cur > cutoff, same offset target), but with the data-aware expected variance
+    expected_b(tau) = a_tau * Var(x0_hat_b) + (1 - a_tau),   a_tau = alphas_cumprod[tau]
+    (the NON-flipped alpha_bar of the candidate), Var(x0_hat_b) the unbiased per-sample variance of
+    this step's (clipped) x0 prediction. That is the variance of a_tau-level noisy data
+    sqrt(a_tau) x0 + sqrt(1 - a_tau) eps with eps independent of x0. It needs x0_hat, so the target
+    is chosen AFTER the network call (still made at the nominal t); with a perfect model and a
+    state exactly at its nominal level it picks tau = cur (no spurious shift).
+rule "offset" (ablation; docs section 3): as "adm" (window, eligibility, offset target) but no
+    matching: every eligible sample takes the noisy edge of the clamped window,
+    tau = min(cur + window//2, T-1). It equals "adm" wherever every sample sits at that edge.
 
 ``window = 0`` disables the shift (every step is plain DDIM / DDPM). Note that with the "adm"
-rule any window >= 1 uses upstream's offset target even when tau_b = cur, so TS at a huge cutoff
+rule (and "adm-data", "offset") any window >= 1 uses upstream's offset target even when tau_b = cur, so TS at a huge cutoff
 equals plain sampling but "TS with no shift chosen" does not (upstream behaviour, spec section 8.3).
 
 Where upstream breaks, this module does the following instead (all finite):
@@ -44,11 +57,13 @@ A target noisier than the current step is allowed; the step functions handle it 
 """
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-TS_RULES = ("adm", "pndm")
+TS_RULES = ("adm", "pndm", "adm-data", "offset")
+_CENTRED_ON_NEXT = ("pndm",)  # every other rule centres its window on cur and tests cur > cutoff
+_NEEDS_PREDICTION = ("adm-data",)
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,9 @@ class TimeShift:
 
     :param window: width of the search window in original timesteps (half-width window // 2).
     :param cutoff: steps at or below this original timestep are never shifted.
-    :param rule: "adm" (default, the ADM repo's rule) or "pndm" (the DDPM-backbone repo's rule).
+    :param rule: "adm" (default, the ADM repo's rule), "pndm" (the DDPM-backbone repo's rule),
+        "adm-data" (ours: data-aware expected variance, needs x0_hat) or "offset" (ablation: the
+        window's noisy edge for every eligible sample).
     """
 
     window: int
@@ -101,7 +118,24 @@ def is_eligible(ts: TimeShift, cur: int, nxt: int, first_step: bool) -> bool:
     """Whether the step from original timestep ``cur`` to ``nxt`` is shifted (host-side ints)."""
     if first_step or ts.window == 0:
         return False
-    return (cur if ts.rule == "adm" else nxt) > ts.cutoff
+    return (nxt if ts.rule in _CENTRED_ON_NEXT else cur) > ts.cutoff
+
+
+def needs_prediction(ts: Optional[TimeShift]) -> bool:
+    """Whether the rule reads this step's x0 prediction, i.e. must be called after the network
+    call (with ``x0_hat``) instead of before it. False for None (no shift)."""
+    return ts is not None and ts.rule in _NEEDS_PREDICTION
+
+
+def shift_window(ts: TimeShift, cur: int, nxt: int, num_base_steps: int):
+    """The clamped candidate window (lo, hi) of a step, in original timesteps (host-side ints).
+
+    Centre cur ("adm", "adm-data", "offset") or nxt ("pndm"), half-width window // 2, clamped to
+    [0, num_base_steps - 1]. ``hi`` is the noisy edge, ``lo`` the clean one.
+    """
+    half = ts.window // 2
+    centre = nxt if ts.rule in _CENTRED_ON_NEXT else cur
+    return max(centre - half, 0), min(centre + half, num_base_steps - 1)
 
 
 def shift_target(
@@ -112,32 +146,41 @@ def shift_target(
     cur: int,
     nxt: int,
     num_steps: int,
+    x0_hat: Optional[torch.Tensor] = None,
 ) -> ShiftResult:
     """Choose each sample's target noise level for an eligible step (see module docstring).
 
-    :param x: (B, C, H, W) the current state (raw, not clipped).
+    :param x: (B, C, H, W) the current state x_t (raw, not clipped).
     :param alphas_cumprod: (T,) float64 base-schedule alpha_bar on x's device.
     :param ts: the settings; call only when ``is_eligible(ts, cur, nxt, first_step)`` is true.
     :param cur: original timestep of the current step.
     :param nxt: original timestep of the nominal next step (-1 after the last step).
     :param num_steps: S, the number of respaced steps (for the "adm" offset T // (S - 1)).
+    :param x0_hat: (B, C, H, W) this step's (clipped) x0 prediction; required by "adm-data"
+        (see :func:`needs_prediction`), ignored by the other rules.
     :return: a :class:`ShiftResult` of (B,) tensors on x's device.
     """
     T = alphas_cumprod.shape[0]
-    half = ts.window // 2
-    centre = cur if ts.rule == "adm" else nxt
-    lo, hi = max(centre - half, 0), min(centre + half, T - 1)
+    lo, hi = shift_window(ts, cur, nxt, T)
     candidates = torch.arange(lo, hi + 1, device=x.device)
-    if ts.rule == "adm":
-        expected = alphas_cumprod.flip(0)[lo : hi + 1]
+    if ts.rule == "offset":
+        tau = torch.full((x.shape[0],), hi, dtype=candidates.dtype, device=x.device)
     else:
-        expected = 1.0 - alphas_cumprod[lo : hi + 1]
-    variance = per_sample_variance(x)
-    # argmin of squared distance; NaN distances count as +inf so a NaN sample picks index 0.
-    dist = (variance[:, None] - expected[None, :]).square()
-    dist = torch.nan_to_num(dist, nan=float("inf"))
-    tau = candidates[dist.argmin(dim=1)]
-    if ts.rule == "adm":
+        if ts.rule == "adm":
+            expected = alphas_cumprod.flip(0)[lo : hi + 1][None, :]
+        elif ts.rule == "adm-data":
+            if x0_hat is None:
+                raise ValueError("ts_rule 'adm-data' needs x0_hat: call shift_target after the network call")
+            a = alphas_cumprod[lo : hi + 1][None, :]
+            expected = a * per_sample_variance(x0_hat)[:, None] + (1.0 - a)  # (B, K)
+        else:
+            expected = (1.0 - alphas_cumprod[lo : hi + 1])[None, :]
+        variance = per_sample_variance(x)
+        # argmin of squared distance; NaN distances count as +inf so a NaN sample picks index 0.
+        dist = (variance[:, None] - expected).square()
+        dist = torch.nan_to_num(dist, nan=float("inf"))
+        tau = candidates[dist.argmin(dim=1)]
+    if ts.rule != "pndm":
         off = T // max(num_steps - 1, 1)
         idx = tau - off - 1
         ab = alphas_cumprod[idx.clamp(min=0)]
@@ -145,3 +188,71 @@ def shift_target(
     else:
         target = alphas_cumprod[tau]
     return ShiftResult(tau, target)
+
+
+# ----------------------------------------------------------------------------- per-sample trace
+def stack_step_picks(picks_per_step: Sequence[Optional[torch.Tensor]], batch: int) -> torch.Tensor:
+    """Per-step matched timesteps of one batch as a (B, S) int32 CPU tensor, -1 where not shifted.
+
+    :param picks_per_step: S entries in loop order (first step first): the (B,) ``timesteps`` of the
+        step's :class:`ShiftResult`, or None where the step was not shifted.
+    """
+    out = torch.full((batch, len(picks_per_step)), -1, dtype=torch.int32)
+    for s, picks in enumerate(picks_per_step):
+        if picks is not None:
+            out[:, s] = torch.as_tensor(picks).detach().to(device="cpu", dtype=torch.int32)
+    return out
+
+
+def edge_fraction(picks, lo, hi, side: str = "both") -> float:
+    """Share of shifted picks that sit on an edge of their (clamped) candidate window.
+
+    :param picks: matched original timesteps, any shape, e.g. (N, S) (tensor or array); entries < 0
+        mean "not shifted" and are ignored.
+    :param lo: clean edge of the window: an int or a tensor/array broadcastable to ``picks``
+        (e.g. (S,) per step; see :func:`shift_window`).
+    :param hi: noisy edge, likewise.
+    :param side: "both" (either edge), "noisy" (hi only) or "clean" (lo only).
+    :return: float in [0, 1]; NaN when nothing was shifted. Rule "offset" gives 1 by construction.
+    """
+    if side not in ("both", "noisy", "clean"):
+        raise ValueError(f"side must be 'both', 'noisy' or 'clean', got {side!r}")
+    picks = torch.as_tensor(picks).cpu().long()
+    lo, hi = torch.as_tensor(lo).cpu().long(), torch.as_tensor(hi).cpu().long()
+    shifted = picks >= 0
+    n = int(shifted.sum())
+    if n == 0:
+        return float("nan")
+    on = torch.zeros(picks.shape, dtype=torch.bool)
+    if side in ("both", "clean"):
+        on |= picks == lo
+    if side in ("both", "noisy"):
+        on |= picks == hi
+    return float((on & shifted).sum()) / n
+
+
+def shift_trace(timesteps, nominal, window_lo, window_hi) -> dict:
+    """Arrays of the per-sample trace file (``--save_trace``): CPU tensors; ``np.savez(path,
+    **{k: v.numpy() for k, v in trace.items()})`` writes it.
+
+    :param timesteps: (N, S) matched original timestep per sample and step, -1 where not shifted
+        (see :func:`stack_step_picks`; concatenate batches along N).
+    :param nominal: (S,) original timestep of each step (``timestep_map`` in loop order).
+    :param window_lo: (S,) clean edge of each step's clamped window (-1 where not shifted).
+    :param window_hi: (S,) noisy edge (-1 where not shifted).
+    :return: {"timesteps": (N, S) int32, "nominal": (S,) int32, "window_lo"/"window_hi": (S,) int32,
+        "edge_fraction": () float64 share of shifted picks on either edge, "noisy_edge_fraction":
+        () float64 share on the noisy edge}; the fractions are NaN when nothing was shifted.
+    """
+    ts = torch.as_tensor(timesteps).cpu().to(torch.int32)
+    lo = torch.as_tensor(window_lo).cpu().to(torch.int32)
+    hi = torch.as_tensor(window_hi).cpu().to(torch.int32)
+    return {
+        "timesteps": ts,
+        "nominal": torch.as_tensor(nominal).cpu().to(torch.int32),
+        "window_lo": lo,
+        "window_hi": hi,
+        "edge_fraction": torch.tensor(edge_fraction(ts, lo, hi), dtype=torch.float64),
+        "noisy_edge_fraction": torch.tensor(edge_fraction(ts, lo, hi, side="noisy"), dtype=torch.float64),
+    }
+
