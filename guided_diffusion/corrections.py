@@ -184,12 +184,6 @@ def dcw_correct(
 
 
 # ----------------------------------------------------------------------------- settings
-def _num(v: Number) -> str:
-    """Shortest round-trip decimal of a float, without a trailing '.0' (1.0012 -> '1.0012', 2.0 -> '2')."""
-    s = repr(float(v))
-    return s[:-2] if s.endswith(".0") else s
-
-
 @dataclass(frozen=True)
 class Corrections:
     """Settings of the step corrections (CLI flags of the same names); all off by default.
@@ -245,23 +239,3 @@ class Corrections:
     def correct(self, x_next: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t) -> torch.Tensor:
         """DCW after the update; ``x_next`` itself when DCW is off."""
         return dcw_correct(x_next, x0_hat, self.dcw_low, self.dcw_high, alpha_bar_t=alpha_bar_t)
-
-    def name_suffix(self) -> str:
-        """Short suffix for output file names, '' when nothing is active.
-
-        Parts, in the order of application, each only when it differs from its default:
-        ``_es{b}`` (eps_scale != 1), ``_esk{k}`` (eps_scale_k != 0), ``_dcw{lambda_l}`` (dcw_low != 0),
-        ``_dcwh{lambda_h}`` (dcw_high != 0); numbers as the shortest round-trip decimal with no
-        trailing '.0' (negative values keep their '-'). E.g. ``_es1.004``, ``_esk0.0025``,
-        ``_es1.017_esk0.0025``, ``_dcw0.02_dcwh0.01``, ``_dcw-0.05``.
-        """
-        parts = []
-        if self.eps_scale != 1:
-            parts.append(f"_es{_num(self.eps_scale)}")
-        if self.eps_scale_k != 0:
-            parts.append(f"_esk{_num(self.eps_scale_k)}")
-        if self.dcw_low != 0:
-            parts.append(f"_dcw{_num(self.dcw_low)}")
-        if self.dcw_high != 0:
-            parts.append(f"_dcwh{_num(self.dcw_high)}")
-        return "".join(parts)

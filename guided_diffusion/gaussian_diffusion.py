@@ -320,6 +320,19 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         return out
 
     # ----------------------------------------------------------------- one sampling step
+    def step_predictions(self, kind, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None,
+                         model_kwargs=None):
+        """The network's predictions that one step of sampler ``kind`` starts from (one network call).
+
+        Ancestral ("ddpm") steps apply classifier guidance to the mean later (``ddpm_step``); the
+        others use the score form here (eps - sqrt(1 - a) grad, Dhariwal & Nichol alg. 2).
+        :return: dict with at least "pred_xstart" (B, C, H, W), "model_output", "var_values".
+        """
+        if cond_fn is not None and kind != "ddpm":
+            out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+            return self.condition_score(cond_fn, out, x, t, model_kwargs)
+        return self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+
     @staticmethod
     def _is_last(t, is_last):
         """Whether this is the final step (respaced t == 0); reads t[0] only if not told."""
@@ -343,6 +356,7 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         model_kwargs=None,
         draw_noise=None,
         is_last=None,
+        pred=None,
     ):
         """One DDIM update (Song et al. eq. 12) from respaced step ``t`` to a target noise level.
 
@@ -353,6 +367,8 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         :param draw_noise: callable returning a (B, C, H, W) standard normal; called only when
             eta > 0 and this is not the last step.
         :param is_last: whether t == 0 (the loops pass it to avoid a device read; None reads t[0]).
+        :param pred: this step's ``step_predictions("ddim", ...)`` when already made (the network is
+            then not called again).
         :return: {"sample", "pred_xstart"}.
 
         With eps = (x / sqrt(a) - x0) / sqrt(1/a - 1) re-derived from the clipped x0,
@@ -363,12 +379,9 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         time shift), ``1 - a / a'`` is clamped at 0, so sigma = 0 and the step deterministically
         re-noises x0 to level a' (upstream computed 0 * NaN = NaN there, even for eta = 0).
         """
-        if cond_fn is not None:
-            out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-            out = self.condition_score(cond_fn, out, x, t, model_kwargs)
-        else:
-            out = self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-        pred_xstart = out["pred_xstart"]
+        if pred is None:
+            pred = self.step_predictions("ddim", model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs)
+        pred_xstart = pred["pred_xstart"]
         a = self.table("alphas_cumprod", t.device)[t]
         if target_alphas_cumprod is None:
             a_next = self.table("alphas_cumprod_prev", t.device)[t]
@@ -403,6 +416,7 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         model_kwargs=None,
         draw_noise=None,
         is_last=None,
+        pred=None,
     ):
         """One ancestral step x_{t-1} ~ p(x_{t-1} | x_t) (Ho et al. alg. 2), optionally retargeted.
 
@@ -411,6 +425,7 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
             coefficients, equal to upstream's arithmetic up to float32 rounding).
         :param draw_noise: callable returning a (B, C, H, W) standard normal (not called at t = 0).
         :param is_last: whether t == 0 (None reads t[0]).
+        :param pred: this step's ``model_predictions`` when already made (no second network call).
 
         Shifted step from a = alpha_bar_t to a' (per sample), with x0 the (clipped) prediction:
         if a' >= a, the posterior q(x_{a'} | x_t, x0) between the two noise levels:
@@ -420,7 +435,8 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         LEARNED keeps the network's log variance. If a' < a (target noisier than x_t) there is no
         posterior: the step re-noises deterministically, x' = sqrt(a') x0 + sqrt(1-a') eps.
         """
-        pred = self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        if pred is None:
+            pred = self.model_predictions(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         pred_xstart, v = pred["pred_xstart"], pred["var_values"]
         c_x0, c_x, min_log, max_log = self._posterior_coefficients(t, target_alphas_cumprod)
         if target_alphas_cumprod is None and self.model_mean_type == ModelMeanType.PREVIOUS_X:

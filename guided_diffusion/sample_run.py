@@ -39,6 +39,7 @@ import torch
 
 from . import dist_util, sample_parts
 from .checkpoint import CheckpointError, load_checkpoint_into
+from .corrections import Corrections
 from .fast_path import apply_fast_path
 from .generate import generate_samples
 from .sampling import Sampler
@@ -95,11 +96,14 @@ def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None):
 def sampler_from_configs(sampler_cfg, ts_cfg):
     """The loop's :class:`~guided_diffusion.sampling.Sampler` from the settings: the one place they meet."""
     sampler_cfg.validate()
+    c = sampler_cfg
     return Sampler(
-        kind="ddim" if sampler_cfg.use_ddim else "ddpm",
-        eta=float(sampler_cfg.eta),
-        clip_denoised=bool(sampler_cfg.clip_denoised),
+        kind=c.solver_name(),
+        eta=float(c.eta),
+        clip_denoised=bool(c.clip_denoised),
         time_shift=ts_cfg.to_time_shift(),
+        corrections=Corrections(eps_scale=float(c.eps_scale), eps_scale_k=float(c.eps_scale_k),
+                                dcw_low=float(c.dcw_low), dcw_high=float(c.dcw_high)),
     )
 
 

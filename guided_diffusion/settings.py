@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, fields
 from .resample import SCHEDULE_SAMPLERS
 from .time_shift import TS_RULES
 
+SOLVER_NAMES = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
+
 
 # ------------------------------------------------------------------ value parsers
 def str2bool(v):
@@ -128,8 +130,9 @@ class TimeShiftConfig:
     window: int = setting(2, "time-shift search window, in original timesteps (0 disables the shift)",
                           parse=nonneg_int)
     cutoff: int = setting(300, "no time shift at or below this original timestep", parse=nonneg_int)
-    ts_rule: str = setting("adm", "time-shift rule: adm (TS-DPM-ADM code) or pndm (TS-DPM DDPM-backbone code)",
-                           choices=TS_RULES)
+    ts_rule: str = setting("adm", "time-shift rule: adm (TS-DPM-ADM code), pndm (TS-DPM DDPM-backbone code), "
+                           "adm-data (ours: expected variance includes the predicted x0's variance) or offset "
+                           "(ablation: every eligible step takes the window's noisy edge)", choices=TS_RULES)
 
     def to_time_shift(self):
         """The :class:`~guided_diffusion.time_shift.TimeShift` these flags ask for, or None."""
@@ -148,12 +151,29 @@ class SamplerConfig:
     eta: float = setting(0.0, "DDIM eta (0 = deterministic DDIM)", parse=finite_float)
     clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at every step")
     seed: int = setting(0, "seed: image k depends only on (seed, k), whatever the batch size or process count")
+    solver: str = setting("", "reverse-process solver: ddim, ddpm (ancestral), dpm++2m (DPM-Solver++(2M)), ipndm, "
+                          "s-pndm, f-pndm; '' follows --use_ddim (see README: solvers, NFE)",
+                          choices=("",) + SOLVER_NAMES, suffix="_{}")
+    eps_scale: float = setting(1.0, "epsilon scaling b: the network's eps is divided by lambda_i = eps_scale_k * i "
+                               "+ eps_scale (i = respaced step, 0 last); 1 = off", parse=finite_float, suffix="_es{}")
+    eps_scale_k: float = setting(0.0, "epsilon scaling slope k per respaced step (ES*); 0 = uniform",
+                                 parse=finite_float, suffix="_esk{}")
+    dcw_low: float = setting(0.0, "DCW low-band weight (after each update, x += w_low * lowband(x - x0_hat)); 0 = off",
+                             parse=finite_float, suffix="_dcw{}")
+    dcw_high: float = setting(0.0, "DCW high-band weight; 0 = off", parse=finite_float, suffix="_dcwh{}")
+    save_trace: bool = setting(False, "also write <npz name>_trace.npz: the matched original timestep per sample and "
+                               "step (-1 = not shifted), the nominal grid and the share of picks on a window edge "
+                               "(kept in the resume metadata: parts carry their trace)")
+
+    def solver_name(self):
+        """The solver this config runs: --solver, or ddim/ddpm from --use_ddim."""
+        return self.solver or ("ddim" if self.use_ddim else "ddpm")
 
     def validate(self):
         if self.eta < 0:
             raise ValueError(f"--eta must be >= 0, got {self.eta}")
-        if not self.use_ddim and self.eta != 0:
-            raise ValueError("--eta applies to DDIM only: pass --use_ddim True or drop --eta")
+        if self.solver_name() != "ddim" and self.eta != 0:
+            raise ValueError("--eta applies to DDIM only: pass --use_ddim True (or --solver ddim) or drop --eta")
 
 
 @dataclass
@@ -314,6 +334,14 @@ def pixel_settings(*configs):
     return dict(sorted(out.items()))
 
 
+def format_number(value):
+    """Shortest round-trip text of a number, without a trailing '.0' (1.004 -> '1.004', 2.0 -> '2')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    text = repr(float(value)) if isinstance(value, float) else str(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def name_suffix(*configs):
     """The npz-name parts of the settings that declare a ``suffix`` and differ from their default."""
     text = ""
@@ -322,7 +350,7 @@ def name_suffix(*configs):
             fmt = f.metadata.get("suffix")
             value = getattr(cfg, f.name)
             if fmt and value != f.default:
-                text += fmt.format(value)
+                text += fmt.format(format_number(value))
     return text
 
 

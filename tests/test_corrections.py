@@ -233,14 +233,18 @@ def test_active_flags():
     ({"eps_scale": 1.000125}, "_es1.000125"),  # no rounding to 6 significant digits
 ])
 def test_name_suffix(kwargs, suffix):
-    assert Corrections(**kwargs).name_suffix() == suffix
+    from guided_diffusion.settings import SamplerConfig, name_suffix
+
+    assert name_suffix(SamplerConfig(**kwargs)) == suffix
 
 
 def test_name_suffix_round_trips():
     import re
 
-    c = Corrections(eps_scale=1.0000001, eps_scale_k=1e-05, dcw_low=-0.0125, dcw_high=0.1 + 0.2)
-    parts = dict(re.findall(r"_(esk|es|dcwh|dcw)([-0-9.e]+)", c.name_suffix()))
+    from guided_diffusion.settings import SamplerConfig, name_suffix
+
+    c = SamplerConfig(eps_scale=1.0000001, eps_scale_k=1e-05, dcw_low=-0.0125, dcw_high=0.1 + 0.2)
+    parts = dict(re.findall(r"_(esk|es|dcwh|dcw)([-0-9.e]+)", name_suffix(c)))
     assert float(parts["es"]) == c.eps_scale and float(parts["esk"]) == c.eps_scale_k
     assert float(parts["dcw"]) == c.dcw_low and float(parts["dcwh"]) == c.dcw_high
     assert not math.isnan(float(parts["dcwh"]))
