@@ -13,6 +13,7 @@ of elements j and j + m. It is int32 tensor arithmetic (wrapping multiplication,
 so the bits are the same on every device; the float transform may differ by rounding only.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,26 +47,33 @@ def fmix32(h):
     return h ^ ((h >> 16) & 0xFFFF)
 
 
+# Rows of a CPU draw are made in chunks of about this many int32 elements (2 buffers of 512 KiB),
+# so the ~20 elementwise passes stay in the L2 cache; on other devices one chunk holds everything.
+_CPU_CHUNK_ELEMENTS = 1 << 17
+
+
+@functools.lru_cache(maxsize=8)
+def _element_mix(n, device):
+    """(n,) int32 ``F_j = E_j ^ (E_j >>> 16)`` with ``E_j = fmix32(j ^ const)``.
+
+    The first step of ``fmix32(E_j ^ key)`` is ``x ^= x >>> 16``, and a logical shift distributes
+    over XOR, so it equals ``F_j ^ (key ^ (key >>> 16))``: the element part is done once per size.
+    """
+    e = fmix32(torch.arange(n, device=device, dtype=torch.int32) ^ _to_i32(0x5BD1E995))
+    return e ^ ((e >> 16) & 0xFFFF)
+
+
 class SampleNoise:
     """Counter-based standard normals addressed by (seed, sample index, stream, element)."""
 
     def __init__(self, seed: int):
         self.seed = _to_i32(seed)
-        self._element_hashes = {}
 
     def _keys(self, indices, stream):
         """(B,) int32 keys for sample indices (B,) and an int stream."""
         k = fmix32((indices & _MASK32).to(torch.int64).sub_(2**31).to(torch.int32) ^ self.seed)
         k = fmix32(k ^ _to_i32(int(stream) * 0x632BE5AB + 0x1234567))
         return fmix32(k * _to_i32(0x9E3779B9) ^ self.seed)
-
-    def _elements(self, n, device):
-        key = (n, str(device))
-        cached = self._element_hashes.get(key)
-        if cached is None:
-            cached = fmix32(torch.arange(n, device=device, dtype=torch.int32) ^ _to_i32(0x5BD1E995))
-            self._element_hashes = {key: cached}
-        return cached
 
     def normal(self, indices, stream, shape):
         """(B, *shape) float32 standard normals for sample ``indices`` (B,) int64 on their device.
@@ -75,16 +83,45 @@ class SampleNoise:
         """
         n = int(np.prod(shape))
         m = (n + 1) // 2
-        h = fmix32(self._elements(2 * m, indices.device)[None] ^ self._keys(indices, stream)[:, None])
-        u = (((h >> 8) & 0xFFFFFF).float() + 0.5) * (1.0 / 16777216.0)
-        radius = torch.sqrt(-2.0 * torch.log(u[:, :m]))
-        theta = (2 * np.pi) * u[:, m:]
-        z = torch.cat([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1)[:, :n]
+        device = indices.device
+        mix = _element_mix(2 * m, str(device))
+        k = self._keys(indices, stream)
+        k = k ^ ((k >> 16) & 0xFFFF)
+        out = torch.empty((indices.shape[0], 2 * m), dtype=torch.float32, device=device)
+        rows = out.shape[0] if device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (2 * m))
+        scratch = torch.empty((min(rows, out.shape[0]), 2 * m), dtype=torch.int32, device=device)
+        for start in range(0, out.shape[0], rows):
+            o = out[start : start + rows]
+            _box_muller_fill(o, scratch[: o.shape[0]], mix, k[start : start + rows], m)
+        z = out if n == 2 * m else out[:, :n]
         return z.reshape((indices.shape[0],) + tuple(shape))
 
     def integers(self, indices, stream, high):
         """(B,) int64 in [0, high) for sample ``indices``."""
         return (self._keys(indices, stream).to(torch.int64) & _MASK32) % int(high)
+
+
+def _box_muller_fill(out, scratch, mix, k, m):
+    """Fill ``out`` (b, 2m) float32 with the normals of keys ``k`` (b,) (already ``k ^ k >>> 16``).
+
+    In place, two buffers: ``h = fmix32(E ^ key)`` is built in ``out``'s memory (as int32), its
+    top 24 bits v give u = (v + 0.5) / 2^24 in ``scratch``, and the normals go back to ``out``.
+    Every float operation is the one of the plain formula (the same kernels, same operands).
+    """
+    x, t = out.view(torch.int32), scratch
+    torch.bitwise_xor(mix, k[:, None], out=x)  # x ^= x >>> 16 of fmix32, done
+    x.mul_(_M1_I32)
+    torch.bitwise_right_shift(x, 13, out=t).bitwise_and_(0x7FFFF)
+    x.bitwise_xor_(t).mul_(_M2_I32)
+    torch.bitwise_right_shift(x, 16, out=t).bitwise_and_(0xFFFF)
+    x.bitwise_xor_(t).bitwise_right_shift_(8).bitwise_and_(0xFFFFFF)
+    u = t.view(torch.float32)
+    u.copy_(x).add_(0.5).mul_(1.0 / 16777216.0)
+    radius, theta = u[:, :m], u[:, m:]
+    radius.log_().mul_(-2.0).sqrt_()
+    theta.mul_(2 * np.pi)
+    torch.cos(theta, out=out[:, :m]).mul_(radius)
+    torch.sin(theta, out=out[:, m:]).mul_(radius)
 
 
 class NonFiniteSampleError(RuntimeError):

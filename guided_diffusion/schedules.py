@@ -8,12 +8,22 @@ import numpy as np
 def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
     """Betas (T,) float64 for a named schedule.
 
-    "linear": Ho et al. 2020, scaled so that any T gives the same curve as 1e-4..0.02 at T = 1000.
+    "linear": Ho et al. 2020, scaled so that any T gives the same curve as 1e-4..0.02 at T = 1000;
+    its last beta is 20 / T, so it needs T > 20 (T <= 20 reached beta >= 1: alpha_bar 0 or < 0).
     "cosine": Nichol & Dhariwal 2021, alpha_bar(t) = cos^2(((t/T + 0.008) / 1.008) * pi/2),
     betas clipped at 0.999.
+
+    :raises ValueError: for T < 1, linear with T <= 20, or an unknown name (one-line messages).
     """
+    if int(num_diffusion_timesteps) != num_diffusion_timesteps or num_diffusion_timesteps < 1:
+        raise ValueError(f"diffusion_steps must be an integer >= 1, got {num_diffusion_timesteps!r}")
     if schedule_name == "linear":
         scale = 1000 / num_diffusion_timesteps
+        if scale * 0.02 >= 1:
+            raise ValueError(
+                f"the linear noise_schedule needs diffusion_steps > 20 (its last beta is 20 / T = "
+                f"{scale * 0.02:g} >= 1), got {num_diffusion_timesteps}; use more steps or 'cosine'"
+            )
         return np.linspace(
             scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64
         )

@@ -40,3 +40,18 @@ def test_fast_path_fp32_equals_plain():
         bf16 = apply_fast_path(model, device="cpu", autocast="bf16")(x, t)
     assert (plain - fast).abs().max().item() <= 1e-5
     assert bf16.dtype == torch.float32 and (plain - bf16).abs().max().item() < 0.2
+
+
+def test_benchmark_noise_only(tmp_path):
+    """--noise_only times SampleNoise against torch.randn and prints/stores their ratio."""
+    out = tmp_path / "noise.json"
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark_sampling.py"), "--noise_only", "True",
+         "--batch_size", "4", "--noise_repeats", "3", "--device", "cpu", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    assert "per-sample noise (SampleNoise)" in res.stdout and "ratio" in res.stdout
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["image_shape"] == [3, 32, 32] and summary["batch_size"] == 4
+    assert summary["noise_ms"] > 0 and summary["randn_ms"] > 0
+    assert abs(summary["noise_over_randn"] - summary["noise_ms"] / summary["randn_ms"]) < 1e-9 * summary["noise_over_randn"]
