@@ -107,16 +107,22 @@ def test_time_shift_target_in_window_and_unit_interval(name, T, steps, rule, bat
         cur, nxt = tmap[i], (tmap[i - 1] if i > 0 else -1)
         if not is_eligible(ts, cur, nxt, first_step=i == S - 1):
             continue
-        res = shift_target(x, alphas_cumprod, ts=ts, cur=cur, nxt=nxt, num_steps=S)
+        x0_hat = x.clamp(-1, 1) if rule == "adm-data" else None
+        res = shift_target(x, alphas_cumprod, ts=ts, cur=cur, nxt=nxt, num_steps=S, x0_hat=x0_hat)
         target, tau = res.target_alphas_cumprod, res.timesteps
         assert target.shape == (batch,) and tau.shape == (batch,) and tau.dtype == torch.int64
         assert not torch.isnan(target).any() and torch.isfinite(target).all(), target
         assert ((target > 0) & (target <= 1)).all(), (target, tau)
-        centre = cur if rule == "adm" else nxt
+        centre = nxt if rule == "pndm" else cur
         lo, hi = max(centre - window // 2, 0), min(centre + window // 2, T - 1)
         assert ((tau >= lo) & (tau <= hi)).all(), (tau, lo, hi)
         # a diverged sample (NaN/inf variance, e.g. a NaN value or a float32 overflow) takes the lowest candidate
+        if rule == "offset":  # every eligible sample takes the noisy edge
+            assert (tau == hi).all(), (tau, hi)
+            continue
         bad = ~torch.isfinite(per_sample_variance(x))
+        if rule == "adm-data":
+            bad |= ~torch.isfinite(per_sample_variance(x0_hat))
         assert (tau[bad] == lo).all(), (tau, lo)
 
 
