@@ -11,7 +11,8 @@ cannot both hold it::
 
 ``proc_start`` is the process start time in clock ticks since boot (``/proc/<pid>/stat`` field 22,
 None where /proc is missing) and ``boot_id`` the kernel's boot id, so a reused pid or a reboot is
-recognised. A second run on the same output refuses with one line naming the holder (host, pid,
+recognised; ``started`` is the same start time as a local date (the time the lock was taken where
+/proc is missing). A second run on the same output refuses with one line naming the holder (host, pid,
 start time). A lock is *stale*, and taken over with a one-line warning, when
 
 * same host: its pid is not alive, or now belongs to a process that started at another time
@@ -94,6 +95,19 @@ def proc_start_ticks(pid):
             text = f.read().decode("ascii", "replace")
         return int(text[text.rindex(")") + 2 :].split()[19])  # field 22 ("starttime")
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_start_time(pid):
+    """Wall-clock start time of process ``pid`` (seconds since the epoch, from /proc), or None."""
+    ticks = proc_start_ticks(pid)
+    if ticks is None:
+        return None
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
         return None
 
 
@@ -222,7 +236,8 @@ class OutputLock:
             "pid": pid,
             "proc_start": proc_start_ticks(pid),
             "boot_id": boot_id(),
-            "started": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds"),
+            "started": datetime.datetime.fromtimestamp(process_start_time(pid) or time.time()).astimezone()
+            .isoformat(timespec="seconds"),
             "token": self.token,
             "command": command_line(),
         }, indent=1) + "\n"

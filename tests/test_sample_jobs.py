@@ -7,7 +7,6 @@ subprocess and are marked ``integration`` (``mpi`` for mpiexec); the rest run in
 """
 
 import errno
-import io
 import json
 import os
 import shlex
