@@ -155,27 +155,47 @@ class StopRun(Exception):
     """Another process of the job failed and reported it; this one stops quietly (exit status 2)."""
 
 
+class Preempted(Exception):
+    """The job stopped cleanly on a signal (SIGTERM / SIGINT); rerunning the same command resumes it.
+
+    ``exit_code`` is 128 + the signal number (143 for SIGTERM, 130 for SIGINT); ``printed`` says
+    the message was already written to stderr (by rank 0; it is empty on the other ranks).
+    """
+
+    def __init__(self, message, exit_code, printed=False):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = int(exit_code)
+        self.printed = bool(printed)
+
+
 def user_errors():
     """Exception types that are the user's input problems: one line on stderr, exit status 2."""
     from .checkpoint import CheckpointError
     from .generate import NonFiniteSampleError
+    from .job_control import OutputLockedError
 
-    return (CheckpointError, NonFiniteSampleError, ValueError, OSError)
+    return (CheckpointError, NonFiniteSampleError, OutputLockedError, ValueError, OSError)
 
 
 def run_cli(main, argv=None, errors=None):
     """Run ``main(argv)``; user errors become one line on stderr and exit status 2.
 
     A process stopped because another process failed (:class:`StopRun`) exits with status 2
-    silently: the failing process prints the one line.
+    silently: the failing process prints the one line. A job stopped by a signal
+    (:class:`Preempted`) exits with its ``exit_code`` (143 for SIGTERM, 130 for SIGINT).
     """
     errors = user_errors() if errors is None else errors
+    prog = os.path.basename(sys.argv[0]) or "guided_diffusion"
     try:
         return main(argv)
     except StopRun:
         sys.exit(2)
+    except Preempted as exc:
+        if exc.message and not exc.printed:
+            sys.stderr.write(f"{prog}: {exc.message}\n")
+        sys.exit(exc.exit_code)
     except errors as exc:
-        prog = os.path.basename(sys.argv[0]) or "guided_diffusion"
         message = " ".join(str(exc).split("\n"))
         sys.stderr.write(f"{prog}: error: {message}\n")
         sys.exit(2)

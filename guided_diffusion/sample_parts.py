@@ -6,14 +6,25 @@ Layout, beside the final ``OUT.npz``::
 
     OUT.npz.parts/meta.json                          flags that affect the pixels (+ info)
     OUT.npz.parts/part_{start:08d}_{end:08d}.npz     samples start..end-1: "images" uint8 NHWC,
-                                                     "labels" int64 (class-conditional models)
+                                                     "labels" int64 (class-conditional models),
+                                                     "sha256_images" / "sha256_labels": uint8[32]
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so a
 file that exists under its final name is complete; a killed process leaves at most a ``.tmp-*``
 file, removed by the next run. Sample k depends only on (seed, k), so finished parts from any
 batch size or process count can be reused, and the assembled npz is the same byte for byte.
+
+Integrity. Each array of a part carries its checksum in the same file (``sha256_<name>``: SHA-256
+of the dtype, the shape and the C-order bytes, see :func:`array_sha256`). A resumed run verifies
+every part it reuses (:func:`verify_parts`): a truncated, bit-flipped or unreadable part is deleted
+with a one-line warning naming it, and its samples are made again. Assembly checks each array
+again as it streams it, so a corrupt part is never copied into ``OUT.npz``. Parts written before
+checksums existed (no ``sha256_*`` member) are still accepted: they are checked for readability,
+shape and dtype only.
 """
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -26,10 +37,19 @@ from .io_util import TMP_PREFIX, atomic_write, write_npz_streaming, write_text_a
 META_NAME = "meta.json"
 META_FORMAT = 1
 PART_RE = re.compile(r"^part_(\d+)_(\d+)\.npz$")
+CHECKSUM_PREFIX = "sha256_"
 
 
 class PartsMismatchError(ValueError):
     """Finished parts on disk were made with flags that differ from this run's."""
+
+
+class BadPartError(ValueError):
+    """A part file is unreadable, has the wrong shape or dtype, or fails its checksum."""
+
+
+class AssemblyError(OSError):
+    """Writing the final npz failed (e.g. a full disk); the parts are kept, the temporary removed."""
 
 
 def parts_dir_for(npz_path):
@@ -41,11 +61,64 @@ def part_name(start, end):
 
 
 # ------------------------------------------------------------------ parts
+def array_sha256(arr):
+    """uint8[32]: SHA-256 of an array's dtype, shape and C-order bytes."""
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}{tuple(arr.shape)}".encode())
+    h.update(memoryview(arr.reshape(-1).view(np.uint8)))
+    return np.frombuffer(h.digest(), dtype=np.uint8).copy()
+
+
+def read_part_array(path, key, expected_shape, dtype):
+    """``key`` of the part file ``path``, checked: readable, shape, dtype and (if stored) checksum.
+
+    :raises BadPartError: with the reason (the caller adds what to do).
+    """
+    try:
+        with np.load(path) as z:
+            arr = z[key]
+            stored = z[CHECKSUM_PREFIX + key] if CHECKSUM_PREFIX + key in z.files else None
+    except Exception as exc:  # truncated, bit-flipped (zip CRC) or foreign file
+        raise BadPartError(f"{path}: unreadable part ({type(exc).__name__}: {exc})") from None
+    if arr.shape != tuple(expected_shape) or arr.dtype != np.dtype(dtype):
+        raise BadPartError(f"{path}: {key} has shape {arr.shape} {arr.dtype}, expected {tuple(expected_shape)} "
+                           f"{np.dtype(dtype)}")
+    if stored is not None and not np.array_equal(stored, array_sha256(arr)):
+        raise BadPartError(f"{path}: {key} fails its SHA-256 checksum (the file is corrupt)")
+    return arr
+
+
+def verify_parts(parts_dir, parts, *, image_shape, with_labels):
+    """Check every part (see :func:`read_part_array`); delete the bad ones.
+
+    Returns (good parts, warning lines), one warning per deleted part, naming it.
+    """
+    good, warnings = [], []
+    for start, end, name in parts:
+        path = os.path.join(parts_dir, name)
+        try:
+            read_part_array(path, "images", (end - start,) + tuple(image_shape), np.uint8)
+            if with_labels:
+                read_part_array(path, "labels", (end - start,), np.int64)
+        except BadPartError as exc:
+            try:
+                os.remove(path)
+                done = "deleted; its samples are made again"
+            except OSError as rm:
+                done = f"could not delete it ({rm.strerror or rm}); delete it by hand"
+            warnings.append(f"{exc}: {done}")
+            continue
+        good.append((start, end, name))
+    return good, warnings
+
+
 def write_part(parts_dir, start, images, labels=None):
     """Write samples ``start .. start + len(images) - 1`` as one part file (atomically)."""
     arrays = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
     if labels is not None:
-        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+        arrays["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
+    for key in list(arrays):
+        arrays[CHECKSUM_PREFIX + key] = array_sha256(arrays[key])
     path = os.path.join(parts_dir, part_name(start, start + len(images)))
     with atomic_write(path, "wb", suffix=".npz") as f:
         np.savez(f, **arrays)
@@ -129,12 +202,14 @@ def flag_differences(old_flags, new_flags):
     return sorted(k for k in set(old_flags) | set(new_flags) if old_flags.get(k, "<missing>") != new_flags.get(k, "<missing>"))
 
 
-def prepare_parts_dir(parts_dir, meta, *, overwrite, restart_flag="--overwrite True"):
+def prepare_parts_dir(parts_dir, meta, *, overwrite, restart_flag="--overwrite True", image_shape=None,
+                      with_labels=False):
     """Make ``parts_dir`` ready for this run and return its finished parts.
 
     ``meta`` = {"flags": {...}, "info": {...}}: "flags" are compared with the parts on disk,
     "info" only recorded. ``overwrite`` discards existing parts. A folder without finished
-    parts is simply (re)started. Returns (parts, warnings).
+    parts is simply (re)started. With ``image_shape`` (H, W, C), the parts that are kept are
+    verified (:func:`verify_parts`) and bad ones deleted. Returns (parts, warnings).
 
     :raises PartsMismatchError: finished parts exist and their flags differ, naming the flags.
     """
@@ -171,6 +246,9 @@ def prepare_parts_dir(parts_dir, meta, *, overwrite, restart_flag="--overwrite T
                     "floating-point rounding may differ between the two"
                 )
         new["info"] = old_info  # keep what the first parts were made with
+        if image_shape is not None:
+            parts, bad = verify_parts(parts_dir, parts, image_shape=image_shape, with_labels=with_labels)
+            warnings += bad
     write_meta(parts_dir, new)
     return parts, warnings
 
@@ -186,15 +264,10 @@ def _part_arrays(parts_dir, parts, num_samples, key, shape_tail, dtype):
             break  # a gap: reported by the caller's byte count check below
         path = os.path.join(parts_dir, name)
         try:
-            with np.load(path) as z:
-                arr = z[key]
-        except Exception as exc:  # truncated or foreign file
-            raise ValueError(f"{path}: unreadable part ({exc}); delete it and rerun to regenerate it") from None
-        if arr.shape != (end - start,) + tuple(shape_tail) or arr.dtype != dtype:
-            raise ValueError(
-                f"{path}: {key} has shape {arr.shape} {arr.dtype}, expected {(end - start,) + tuple(shape_tail)} "
-                f"{np.dtype(dtype)}; delete it and rerun to regenerate it"
-            )
+            arr = read_part_array(path, key, (end - start,) + tuple(shape_tail), dtype)
+        except BadPartError as exc:
+            raise BadPartError(f"{exc}; nothing was assembled: rerun the same command, it checks the parts "
+                               "and makes bad ones again") from None
         stop = min(end, num_samples)
         yield arr[cursor - start : stop - start]
         cursor = stop
@@ -223,8 +296,17 @@ def assemble(parts_dir, out_path, *, num_samples, image_shape, with_labels, grid
         labels = _part_arrays(parts_dir, parts, num_samples, "labels", (), np.int64)
         members.append(("arr_1", np.int64, (num_samples,), labels))
     # The temporary lives in the parts folder (same file system), so a kill leaves nothing beside OUT.
-    with atomic_write(out_path, "wb", suffix=".npz", tmp_dir=parts_dir) as f:
-        write_npz_streaming(f, members)
+    # atomic_write removes it on any error; the parts are only read here.
+    try:
+        with atomic_write(out_path, "wb", suffix=".npz", tmp_dir=parts_dir) as f:
+            write_npz_streaming(f, members)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or errno.errorcode.get(exc.errno, "error")
+        raise AssemblyError(
+            f"writing {out_path} failed ({reason}): its temporary file is removed and the {len(parts)} "
+            f"part(s) in {parts_dir} are kept; fix the cause (e.g. free disk space) and rerun the same command "
+            "to assemble them",
+        ) from None
     return np.concatenate(grid) if grid else None
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import dist_util, sample_parts
+from . import dist_util, job_control, sample_parts
 from .checkpoint import CheckpointError, load_checkpoint_into
 from .corrections import Corrections
 from .fast_path import apply_fast_path
@@ -210,6 +210,7 @@ def _say(text):
     sys.stderr.write(text + "\n")
 
 
+@job_control.sampling_job  # the output lock, SIGTERM/SIGINT at a round boundary (see job_control)
 def run_sampling(job, device=None, on_part_written=None):
     """Generate samples 0..num_samples-1 of ``job`` over all ranks, resumably; rank 0 writes the npz.
 
@@ -255,6 +256,8 @@ def run_sampling(job, device=None, on_part_written=None):
     dist_util.check_all(exc)
 
     # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
+    job_control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
+
     def prepare():
         os.makedirs(run.out_dir, exist_ok=True)
         meta = {
@@ -265,7 +268,9 @@ def run_sampling(job, device=None, on_part_written=None):
                 "torch": torch.__version__,
             },
         }
-        parts, warnings = sample_parts.prepare_parts_dir(parts_dir, meta, overwrite=run.overwrite)
+        parts, warnings = sample_parts.prepare_parts_dir(
+            parts_dir, meta, overwrite=run.overwrite, image_shape=(job.model.image_size, job.model.image_size, 3),
+            with_labels=model.num_classes is not None)  # kept parts are verified; bad ones are made again
         return sample_parts.done_intervals(parts, run.num_samples), warnings
 
     done, warnings = dist_util.on_rank0(prepare)
@@ -305,7 +310,8 @@ def run_sampling(job, device=None, on_part_written=None):
                     on_part_written(path)
             except Exception as e:  # reported to every rank after this round
                 exc = e
-        count, failures = dist_util.all_reduce_ints([count, exc is not None])
+        count, failures, *stops = dist_util.all_reduce_ints([count, exc is not None,
+                                                             *job_control.current().signal_counts()])
         made += count
         if bar is not None:
             bar.update(count)
@@ -313,6 +319,8 @@ def run_sampling(job, device=None, on_part_written=None):
             if bar is not None:
                 bar.close()
             dist_util.check_all(exc)
+        job_control.current().stop_if_requested(stops, done=already + made, num_samples=run.num_samples,
+                                                parts_dir=parts_dir, bar=bar)  # SIGTERM/SIGINT on any rank
     if bar is not None:
         bar.close()
     if rank == 0 and run.progress and made:

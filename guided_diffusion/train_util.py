@@ -180,6 +180,7 @@ class TrainLoop:
 
         self.step = parse_resume_step_from_filename(self.resume_checkpoint) if self.resume_checkpoint else 0
         self._last_saved = None
+        self.stopped_by = None
         self._load_and_sync_parameters()
         self.mp_trainer = MixedPrecisionTrainer(
             model=self.model, use_fp16=self.use_fp16, fp16_scale_growth=fp16_scale_growth
@@ -255,8 +256,15 @@ class TrainLoop:
             return True
         return bool(self.max_steps) and self.step >= self.max_steps
 
-    def run_loop(self):
-        """Train until lr_anneal_steps / max_steps (forever if both are 0); save the last step."""
+    def run_loop(self, should_stop=None):
+        """Train until lr_anneal_steps / max_steps (forever if both are 0); save the last step.
+
+        :param should_stop: optional callable, called after every step on every rank (it may be a
+            collective); when it returns something true, the current step is saved (as at a save
+            interval: model, ema, opt) and the loop returns early, with ``self.stopped_by`` set
+            to that value (None after a complete run).
+        """
+        self.stopped_by = None
         t0 = time.time()
         while not self._done():
             batch, cond = self.data.batch(self.step)
@@ -268,6 +276,10 @@ class TrainLoop:
                 t0 = time.time()
             if self.save_interval and self.step % self.save_interval == 0:
                 self.save()
+            if should_stop is not None:
+                self.stopped_by = should_stop()
+                if self.stopped_by:
+                    break
         if self._last_saved != self.step:
             self.save()
 

@@ -17,6 +17,10 @@ pick the GPUs with CUDA_VISIBLE_DEVICES or --gpu_id 0,1,2,3. Without CUDA each r
 Finished batches are kept in OUTPUT_DIR/<name>.npz.parts/ until the npz is written: after a crash
 or kill, rerun the same command to resume. Changed pixel flags are refused (--overwrite True
 starts over). A NaN/inf sample stops every rank with one error line and exit status 2.
+SIGTERM / SIGINT (on any rank) stop every rank after the batch in flight is written: one line
+with the resume command, exit status 143 (SIGTERM) or 130 (SIGINT). OUT.npz.lock makes a second
+run on the same output refuse (one line naming the other run) while the first is alive; a lock
+left by a killed run is taken over. Reused parts are checked (SHA-256) and bad ones made again.
 With no --model_path and no model flags it samples the bundled demo model (see image_sample_1gpu.py).
 """
 

@@ -21,6 +21,7 @@ guided_diffusion/assets/demo_fmnist32.json; the defaults shown below are upstrea
         --do_time_shift True --window 40 --cutoff 300 --out_dir out --compare_grid out/cmp.png
 
 Finished batches are kept in OUT.npz.parts/ until the npz is written: rerun to resume.
+SIGTERM / SIGINT finish the batch in flight, print the resume command and exit 143 / 130.
 """
 
 import os

@@ -9,6 +9,10 @@ Data parallel (each rank gets --batch_size; DDP with nccl on GPUs, gloo on the C
     mpiexec -n 2 python scripts/image_train.py ...      (or torchrun --nproc_per_node 2 ...)
 Resume exactly where a run stopped (ema/opt files are found beside the model file):
     python scripts/image_train.py <same flags> --resume_checkpoint runs/fmnist/model010000.pt
+On SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) the step in progress is finished, the
+checkpoint of that step is saved (model, ema, opt, as at a save interval), one line with the
+resume command is printed, and the exit status is 143 (SIGTERM) or 130 (SIGINT); a second signal
+stops at once. With several ranks a signal on any rank stops all of them after the same step.
 
 Writes to --out_dir (rank 0 only, atomically): model{step:06d}.pt (float32 UNet state_dict, loads
 strictly in scripts/image_sample_1gpu.py --model_path), ema_{rate}_{step:06d}.pt (same format,
@@ -22,13 +26,13 @@ import os
 
 import torch
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion import dist_util, job_control, logger
 from guided_diffusion.image_datasets import ImageDataset, StepBatcher
 from guided_diffusion.io_util import run_cli, write_text_atomic
 from guided_diffusion.resample import SCHEDULE_SAMPLERS, create_named_schedule_sampler
 from guided_diffusion.script_util import args_to_dict, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.settings import MODEL_DIFFUSION_GROUPS, TrainConfig, add_settings
-from guided_diffusion.train_util import TrainLoop, parse_ema_rates
+from guided_diffusion.train_util import TrainLoop, checkpoint_paths, parse_ema_rates
 
 
 def create_argparser():
@@ -107,7 +111,18 @@ def main(argv=None):
         world_size=info.world_size,
     )
     logger.log(f"training from step {loop.step}")
-    loop.run_loop()
+    with job_control.StopSignals(what="saving a checkpoint after this step") as signals:
+        loop.run_loop(should_stop=lambda: job_control.stop_requested_anywhere(signals))
+    if loop.stopped_by:
+        model_path = checkpoint_paths(loop.out_dir, loop.step, loop.ema_rate)["model"]
+        message = (f"stopped by {loop.stopped_by.name} at step {loop.step}: saved {model_path} (+ opt, ema); "
+                   f"resume with: {job_control.resume_command(info.world_size, {'--resume_checkpoint': model_path})}")
+        logger.log(message)
+        logger.close()
+        try:
+            job_control.preempt(loop.stopped_by, message)
+        finally:
+            dist_util.cleanup()
     logger.log(f"done at step {loop.step}")
     logger.close()
     dist_util.barrier()
