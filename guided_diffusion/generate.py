@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .sampling import final_sample, sample_loop_progressive
+from .sampling import sample_loop_progressive
+from .time_shift import stack_step_picks
 
 _MASK32 = 0xFFFFFFFF
 LABEL_STREAM = 0x7FFF0000
@@ -133,6 +134,7 @@ class SampleBatch:
     indices: np.ndarray  # (B,) int64 global sample indices
     images: np.ndarray  # (B, H, W, 3) uint8 RGB
     labels: Optional[np.ndarray]  # (B,) int64 or None
+    trace: Optional[np.ndarray] = None  # (B, S) int32 matched original timestep per step, -1 = not shifted
 
 
 def to_uint8_rgb(x):
@@ -143,14 +145,17 @@ def to_uint8_rgb(x):
     return img.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes=None, progress=False):
+def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes=None, progress=False,
+                 trace=False):
     """Generate the samples with global ``indices`` as one batch.
 
     :param indices: (B,) int64 tensor on the model's device.
     :param shape: (C, H, W) of one sample.
     :param sampler: a :class:`~guided_diffusion.sampling.Sampler`.
     :param num_classes: draw class labels (class-conditional models) when set.
-    :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None).
+    :param trace: also return the per-sample trace of the time shift.
+    :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None), and with ``trace`` a third
+        element: (B, S) int32 matched original timestep per sample and step (-1: not shifted).
     :raises NonFiniteSampleError: naming the first bad sample index and the sampler settings.
     """
     noise = SampleNoise(seed)
@@ -160,7 +165,8 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
     if num_classes:
         labels = noise.integers(indices, LABEL_STREAM, num_classes)
         model_kwargs["y"] = labels
-    x = final_sample(sample_loop_progressive(
+    picks, out = [], None
+    for out in sample_loop_progressive(
         diffusion,
         model,
         x_T.shape,
@@ -169,7 +175,10 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
         model_kwargs=model_kwargs,
         progress=progress,
         noise_fn=lambda step, like: noise.normal(indices, step + 1, shape),
-    ))
+    ):
+        if trace:
+            picks.append(out["shifted_timesteps"])
+    x = out["sample"]
     finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
         bad = int(indices[~finite][0])
@@ -178,20 +187,24 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
             f"sample {bad} is not finite (NaN/inf) with {sampler.describe()}, {respacing}, seed={seed}; "
             "nothing was written for its batch"
         )
+    if trace:
+        return x, labels, stack_step_picks(picks, x.shape[0])
     return x, labels
 
 
-def generate_samples(model, diffusion, indices, *, batch_size, device, **kwargs):
+def generate_samples(model, diffusion, indices, *, batch_size, device, trace=False, **kwargs):
     """Yield :class:`SampleBatch` es for the global sample ``indices`` (a sequence of ints), in order.
 
-    Extra keywords go to :func:`sample_batch`.
+    Extra keywords go to :func:`sample_batch`; ``trace`` fills :attr:`SampleBatch.trace`.
     """
     indices = list(indices)
     for start in range(0, len(indices), batch_size):
         idx = torch.tensor(indices[start : start + batch_size], dtype=torch.long, device=device)
-        x, labels = sample_batch(model, diffusion, idx, **kwargs)
+        out = sample_batch(model, diffusion, idx, trace=trace, **kwargs)
+        x, labels = out[0], out[1]
         yield SampleBatch(
             indices=idx.cpu().numpy(),
             images=to_uint8_rgb(x),
             labels=None if labels is None else labels.cpu().numpy(),
+            trace=out[2].numpy() if trace else None,
         )

@@ -112,11 +112,16 @@ def verify_parts(parts_dir, parts, *, image_shape, with_labels):
     return good, warnings
 
 
-def write_part(parts_dir, start, images, labels=None):
-    """Write samples ``start .. start + len(images) - 1`` as one part file (atomically)."""
+def write_part(parts_dir, start, images, labels=None, trace=None):
+    """Write samples ``start .. start + len(images) - 1`` as one part file (atomically).
+
+    ``trace``: optional (B, S) int32 per-sample time-shift trace (``--save_trace``).
+    """
     arrays = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
     if labels is not None:
         arrays["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
+    if trace is not None:
+        arrays["trace"] = np.ascontiguousarray(trace, dtype=np.int32)
     for key in list(arrays):
         arrays[CHECKSUM_PREFIX + key] = array_sha256(arrays[key])
     path = os.path.join(parts_dir, part_name(start, start + len(images)))
@@ -273,6 +278,12 @@ def _part_arrays(parts_dir, parts, num_samples, key, shape_tail, dtype):
         cursor = stop
     if cursor < num_samples:
         raise ValueError(f"{parts_dir}: samples {cursor}.. are missing; rerun the same command to make them")
+
+
+def read_trace(parts_dir, num_samples, num_steps):
+    """(num_samples, num_steps) int32: the parts' "trace" arrays in index order."""
+    parts = list_parts(parts_dir)
+    return np.concatenate(list(_part_arrays(parts_dir, parts, num_samples, "trace", (num_steps,), np.int32)))
 
 
 def assemble(parts_dir, out_path, *, num_samples, image_shape, with_labels, grid_size=0):

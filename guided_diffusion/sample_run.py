@@ -176,7 +176,10 @@ class SamplingJob:
     def validate(self):
         """One-line errors for settings that cannot work (raised before any work)."""
         self.run.validate()
-        self.sampler_obj()
+        sampler = self.sampler_obj()
+        if sampler.corrections.active:
+            steps = diffusion_from_config(self.diffusion).num_timesteps
+            sampler.corrections.validate(self.model.image_size, steps)
 
 
 def build_model(job, device, checkpoint_bytes=None):
@@ -302,8 +305,8 @@ def run_sampling(job, device=None, on_part_written=None):
             start, end = mine[r]
             try:
                 batch = next(generate_samples(model, diffusion, range(start, end), batch_size=end - start,
-                                              device=device, **sample_kwargs))
-                path = sample_parts.write_part(parts_dir, start, batch.images, batch.labels)
+                                              device=device, trace=job.sampler.save_trace, **sample_kwargs))
+                path = sample_parts.write_part(parts_dir, start, batch.images, batch.labels, batch.trace)
                 count = end - start
                 del batch
                 if on_part_written is not None:
@@ -338,9 +341,14 @@ def run_sampling(job, device=None, on_part_written=None):
         with_labels=model.num_classes is not None,
         grid_size=run.grid_size if run.grid else 0,
     )
+    print(f"wrote {out_path}", flush=True)
+    if job.sampler.save_trace:
+        trace_path = trace_path_for(out_path)
+        write_trace(trace_path, job, diffusion, sample_parts.read_trace(parts_dir, run.num_samples,
+                                                                        diffusion.num_timesteps))
+        print(f"wrote {trace_path}", flush=True)
     if not run.keep_parts:
         sample_parts.remove_parts(parts_dir)
-    print(f"wrote {out_path}", flush=True)
     if run.grid and grid is not None:
         from .image_io import save_grid_png
 
@@ -350,6 +358,32 @@ def run_sampling(job, device=None, on_part_written=None):
         write_compare_grid(job, model, diffusion, device)
         print(f"wrote {run.compare_grid}", flush=True)
     return out_path
+
+
+def trace_path_for(npz_path):
+    """``OUT.npz`` -> ``OUT_trace.npz``."""
+    return npz_path[: -len(".npz")] + "_trace.npz" if npz_path.endswith(".npz") else npz_path + "_trace.npz"
+
+
+def write_trace(path, job, diffusion, timesteps):
+    """The per-sample trace file: ``timesteps`` (N, S) int32 matched original timestep per sample and
+    step (-1 where the step was not shifted), ``nominal`` (S,) the grid's original timesteps in loop
+    order, ``window_lo`` / ``window_hi`` (S,) each step's clamped window (-1 where not eligible),
+    ``edge_fraction`` (share of shifted picks on either edge of the window) and ``noisy_edge_fraction``."""
+    from .io_util import save_npz_atomic
+    from .time_shift import is_eligible, shift_trace, shift_window
+
+    tmap = diffusion.timestep_map
+    S, T = len(tmap), len(diffusion.base_alphas_cumprod)
+    nominal = [tmap[i] for i in range(S - 1, -1, -1)]
+    lo, hi = [-1] * S, [-1] * S
+    ts = job.time_shift.to_time_shift()
+    for step, i in enumerate(range(S - 1, -1, -1)):
+        nxt = tmap[i - 1] if i > 0 else -1
+        if ts is not None and is_eligible(ts, tmap[i], nxt, first_step=step == 0):
+            lo[step], hi[step] = shift_window(ts, tmap[i], nxt, T)
+    arrays = shift_trace(timesteps, nominal, lo, hi)
+    save_npz_atomic(path, **{k: v.numpy() for k, v in arrays.items()})
 
 
 def write_compare_grid(job, model, diffusion, device):

@@ -1,17 +1,52 @@
 """Shared fixtures and the suite's markers.
 
-Markers: ``integration`` (runs scripts in subprocesses or under mpiexec; ``-m "not integration"``
-leaves the fast in-process suite) and ``slow`` (long; run only when ``-m`` names it, e.g.
+Markers: ``integration`` (runs scripts in subprocesses or under mpiexec; set by hand or, below,
+found from the test's source; ``-m "not integration"`` leaves the fast in-process suite) and ``slow`` (long; run only when ``-m`` names it, e.g.
 ``-m slow``). The plain ``python -m pytest`` runs everything except ``slow``.
 """
+
+import inspect
+import re
 
 import pytest
 import torch
 
 from reference_models import AnalyticEpsModel
 
+_LAUNCHES = re.compile(r"\bsubprocess\.|\bmpiexec\b|\bPopen\(")
+_NAME = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")
+
+
+def _launches_process(obj, module, seen):
+    """Whether ``obj``'s source, or a module-level function/fixture it names, starts a process."""
+    if obj in seen or not callable(obj):
+        return False
+    seen.add(obj)
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return False
+    if _LAUNCHES.search(source):
+        return True
+    for name in set(_NAME.findall(source)):
+        other = getattr(module, name, None)
+        if inspect.isfunction(other) and other.__module__ == module.__name__ and _launches_process(other, module, seen):
+            return True
+    return False
+
 
 def pytest_collection_modifyitems(config, items):
+    """Mark tests that start processes (directly, through a helper or a fixture of their module)
+    ``integration``; drop ``slow`` tests unless ``-m`` names them."""
+    for item in items:
+        fn, module = getattr(item, "function", None), getattr(item, "module", None)
+        if fn is None or module is None or item.get_closest_marker("integration"):
+            continue
+        seen = set()
+        fixtures = [getattr(module, name, None) for name in getattr(item, "fixturenames", ())]
+        if _launches_process(fn, module, seen) or any(
+                f is not None and _launches_process(getattr(f, "__wrapped__", f), module, seen) for f in fixtures):
+            item.add_marker(pytest.mark.integration)
     if "slow" in (config.getoption("-m") or ""):
         return
     keep, dropped = [], []

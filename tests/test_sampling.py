@@ -201,3 +201,109 @@ def test_explicit_time_shift_overrides_the_diffusion_default():
     plain = d.ddim_sample_loop(_model(d), SHAPE, noise=x_T)
     shifted = d.ddim_sample_loop(_model(d), SHAPE, noise=x_T, time_shift=TimeShift(40, 300))
     assert (plain - shifted).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------ corrections and solvers in the loop
+from guided_diffusion.corrections import Corrections, dcw_correct  # noqa: E402
+from guided_diffusion.solvers import eps_from_x0, get_solver, nfe  # noqa: E402
+from guided_diffusion.time_shift import shift_target  # noqa: E402
+
+
+def _loop(d, model, sampler, x_T=None, noises=None):
+    x_T = torch.ones(SHAPE) * 0.9 if x_T is None else x_T
+    kw = {} if noises is None else {"noise_fn": lambda s, like: noises[s]}
+    return final_sample(sample_loop_progressive(d, model, SHAPE, sampler, noise=x_T.clone(), **kw))
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm", "dpm++2m", "ipndm", "f-pndm"])
+def test_corrections_off_are_bit_identical(kind):
+    d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="ddim8")
+    noises = _noises(8)
+    plain = _loop(d, _model(d), Sampler(kind), noises=noises)
+    off = _loop(d, _model(d), Sampler(kind, corrections=Corrections(1.0, 0.0, 0.0, 0.0)), noises=noises)
+    assert torch.equal(plain, off)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_eps_scaling_equals_a_model_with_scaled_eps(kind):
+    """ES with (b, k) == the plain loop with a network whose eps is divided by k * i + b at step i."""
+    d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="ddim6")
+    model = _model(d)
+    b, k = 1.05, 0.01
+    tmap = d.timestep_map
+
+    def scaled(x, t, **kw):
+        out = model(x, t)
+        i = tmap.index(int(t[0]))
+        return torch.cat([out[:, :3] / (k * i + b), out[:, 3:]], dim=1)
+
+    noises = _noises(6)
+    ours = _loop(d, model, Sampler(kind, corrections=Corrections(eps_scale=b, eps_scale_k=k)), noises=noises)
+    ref = _loop(d, scaled, Sampler(kind), noises=noises)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    assert not torch.allclose(ours, _loop(d, model, Sampler(kind), noises=noises), atol=1e-3)
+
+
+def test_order_es_then_data_shift_then_update_then_dcw():
+    """ES, TS (adm-data, after the network), DDIM update, DCW, written out step by step by hand."""
+    d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="ddim10")
+    model = _model(d)
+    corr = Corrections(eps_scale=1.02, dcw_low=0.05, dcw_high=-0.02)
+    ts = TimeShift(60, 300, "adm-data")
+    ours = _loop(d, model, Sampler("ddim", time_shift=ts, corrections=corr))
+    x = torch.ones(SHAPE) * 0.9
+    base = torch.from_numpy(d.base_alphas_cumprod)
+    S = d.num_timesteps
+    for step, i in enumerate(range(S - 1, -1, -1)):
+        t = torch.full((SHAPE[0],), i)
+        cur, nxt = d.timestep_map[i], (d.timestep_map[i - 1] if i else -1)
+        net = lambda x_, t_, **kw: torch.cat([model(x_, t_)[:, :3] / 1.02, model(x_, t_)[:, 3:]], 1)  # noqa
+        pred = d.model_predictions(net, x, t)
+        target = None
+        if step > 0 and cur > 300:
+            target = shift_target(x, base, ts=ts, cur=cur, nxt=nxt, num_steps=S,
+                                  x0_hat=pred["pred_xstart"]).target_alphas_cumprod
+        out = d.ddim_step(net, x, t, target_alphas_cumprod=target, pred=pred, is_last=i == 0)
+        x = dcw_correct(out["sample"], pred["pred_xstart"], 0.05, -0.02, alpha_bar_t=d.alphas_cumprod[i])
+    assert torch.allclose(ours, x, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["dpm++2m", "ipndm"])
+def test_solver_in_the_loop_equals_the_solver_by_hand(kind):
+    d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="ddim8")
+    model = _model(d)
+    ours = _loop(d, model, Sampler(kind))
+    solver, state, x = get_solver(kind), None, torch.ones(SHAPE) * 0.9
+    state = solver.init_state()
+    for i in range(d.num_timesteps - 1, -1, -1):
+        t = torch.full((SHAPE[0],), i)
+        x0 = d.model_predictions(model, x, t)["pred_xstart"]
+        a, a_next = torch.tensor(d.alphas_cumprod[i]), torch.tensor(d.alphas_cumprod_prev[i])
+        x, state = solver.step(state, x, eps_from_x0(x, x0, a), x0, a, a_next, is_last=i == 0,
+                               num_steps=d.num_timesteps)
+    assert torch.equal(ours, x)
+    assert not torch.allclose(ours, _loop(d, model, Sampler("ddim")), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpm++2m", "ipndm", "s-pndm", "f-pndm"])
+def test_solver_time_shift_off_is_bit_identical(kind):
+    d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="ddim8")
+    plain = _loop(d, _model(d), Sampler(kind))
+    for ts in (TimeShift(0, 0), TimeShift(40, 5000)):
+        assert torch.equal(_loop(d, _model(d), Sampler(kind, time_shift=ts)), plain)
+    shifted = _loop(d, _model(d), Sampler(kind, time_shift=TimeShift(40, 100)))
+    assert torch.isfinite(shifted).all() and not torch.equal(shifted, plain)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpm++2m", "s-pndm", "f-pndm"])
+def test_network_calls_equal_nfe(kind):
+    d = create_gaussian_diffusion(noise_schedule="cosine", learn_sigma=True, timestep_respacing="ddim8")
+    model, calls = _model(d), [0]
+
+    def counted(x, t, **kw):
+        calls[0] += 1
+        return model(x, t)
+
+    steps = list(sample_loop_progressive(d, counted, SHAPE, Sampler(kind), noise=torch.ones(SHAPE) * 0.9))
+    expected = 8 if kind == "ddim" else nfe(kind, 8, ends_clean=True)
+    assert calls[0] == expected == sum(s["nfe"] for s in steps)

@@ -146,3 +146,66 @@ def test_default_demo_model_with_compare_grid(tmp_path):
 def test_model_flags_without_checkpoint_is_an_error(tmp_path):
     res = _run(["--image_size", "32", "--num_samples", "2", "--out_dir", str(tmp_path / "o")])
     _assert_clean_failure(res, tmp_path / "o", "--model_path")
+
+
+# ------------------------------------------------------------------ corrections, solvers, trace (demo model)
+DEMO = ["--num_samples", "3", "--batch_size", "3", "--timestep_respacing", "ddim6", "--progress", "False"]
+
+
+def test_corrections_at_identity_write_the_plain_bytes(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run([*DEMO, "--use_ddim", "True", "--out_dir", str(a)]).returncode == 0
+    res = _run([*DEMO, "--use_ddim", "True", "--out_dir", str(b), "--eps_scale", "1", "--eps_scale_k", "0",
+                "--dcw_low", "0", "--dcw_high", "0"])
+    assert res.returncode == 0, res.stderr
+    name = "demo_fmnist32_ddim6step.npz"
+    assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_correction_and_solver_names_trace_and_resume_refusal(tmp_path):
+    flags = [*DEMO, "--use_ddim", "True", "--do_time_shift", "True", "--window", "40", "--cutoff", "300",
+             "--ts_rule", "adm-data", "--eps_scale", "1.004", "--dcw_low", "0.02", "--save_trace", "True",
+             "--out_dir", str(tmp_path), "--keep_parts", "True"]
+    res = _run(flags)
+    assert res.returncode == 0, res.stderr
+    name = "demo_fmnist32_ddim6step_40win_300cut_adm-data_es1.004_dcw0.02"
+    assert f"wrote {tmp_path / name}.npz" in res.stdout and f"wrote {tmp_path / name}_trace.npz" in res.stdout
+    with np.load(tmp_path / f"{name}_trace.npz") as z:
+        ts, nominal, lo, hi = z["timesteps"], z["nominal"], z["window_lo"], z["window_hi"]
+        assert ts.shape == (3, 6) and ts.dtype == np.int32 and list(nominal) == [834, 667, 500, 333, 166, 0]
+        shifted = ts >= 0
+        assert not shifted[:, 0].any() and shifted[:, 1:4].all() and not shifted[:, 4:].any()  # cutoff 300
+        assert ((ts >= lo) & (ts <= hi))[shifted].all()
+        on_edge = ((ts == lo) | (ts == hi))[shifted].mean()
+        assert abs(float(z["edge_fraction"]) - on_edge) < 1e-12
+    # a changed correction value is refused when resuming the same output
+    res = _run([*flags[:-2], "--eps_scale", "1.004", "--dcw_low", "0.03"])
+    assert res.returncode == 0  # another value is another file name: no clash
+    res = _run([*DEMO, "--use_ddim", "True", "--solver", "dpm++2m", "--out_dir", str(tmp_path)])
+    assert res.returncode == 0 and (tmp_path / "demo_fmnist32_ddim6step_dpm++2m.npz").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--eps_scale", "0"], "--eps_scale"),
+    (["--eps_scale", "-1"], "--eps_scale"),
+    (["--eps_scale", "nan"], "--eps_scale"),
+    (["--eps_scale_k", "-1"], "--eps_scale"),
+    (["--dcw_low", "nan"], "--dcw_low"),
+    (["--solver", "euler"], "--solver"),
+    (["--solver", "ddpm", "--eta", "0.5"], "--eta"),
+    (["--ts_rule", "adm-date"], "--ts_rule"),
+])
+def test_bad_sampler_values(tmp_path, extra, match):
+    _assert_clean_failure(_run([*DEMO, "--use_ddim", "True", "--out_dir", str(tmp_path / "o"), *extra]),
+                          tmp_path / "o", match)
+
+
+def test_dcw_needs_even_image_size(tmp_path):
+    flags = dict(image_size=7, num_channels=32, num_res_blocks=1, attention_resolutions="", channel_mult="1")
+    model, _ = create_model_and_diffusion(**flags)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    args = ["--model_path", str(tmp_path / "m.pt"), "--timestep_respacing", "3", "--num_samples", "1",
+            "--out_dir", str(tmp_path / "o"), "--dcw_low", "0.05", "--progress", "False"]
+    for k, v in flags.items():
+        args += [f"--{k}", str(v)]
+    _assert_clean_failure(_run(args), tmp_path / "o", "--dcw_low")
