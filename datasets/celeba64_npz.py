@@ -12,7 +12,6 @@ Output: arr_0 uint8 (N, 64, 64, 3) RGB, in sorted file-name order.
 
 import functools
 import os
-import sys
 
 import numpy as np
 from PIL import Image

@@ -9,7 +9,6 @@ The npz holds arr_0 uint8 (N, 32, 32, 3) RGB and arr_1 int64 labels (0..9).
 """
 
 import os
-import sys
 
 import numpy as np
 

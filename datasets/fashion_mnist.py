@@ -14,7 +14,6 @@ import gzip
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 from PIL import Image

@@ -8,8 +8,6 @@ Output: arr_0 uint8 (N, S, S, 3) RGB, in sorted path order.
 """
 
 import functools
-import os
-import sys
 
 from guided_diffusion.dataset_prep import (
     Outputs, PrepError, add_overwrite_arg, center_crop_arr, images_entry, list_images,

@@ -9,7 +9,6 @@ arr_1 int64 labels 0-based (0..999).
 
 import os
 import re
-import sys
 
 import numpy as np
 

@@ -11,7 +11,6 @@ Output: --out_dir PNG folder and/or --out npz with arr_0 uint8 (N, S, S, 3).
 """
 
 import os
-import sys
 
 from guided_diffusion.dataset_prep import (
     Outputs, PrepError, add_overwrite_arg, images_entry, lsun_resize_crop, make_parser,

@@ -21,18 +21,13 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
 
-try:
-    from . import inception as _inception
-    from . import metrics as _metrics
-except ImportError:  # run as a script: python evaluations/evaluator.py
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from evaluations import inception as _inception
-    from evaluations import metrics as _metrics
+from evaluations import inception as _inception  # installed with the project (pip install -e .)
+from evaluations import metrics as _metrics
+from guided_diffusion.io_util import atomic_write
 
 import torch
 
@@ -701,20 +696,10 @@ def _check_writable(path, flag):
         raise EvaluatorInputError(f"{path}: directory {directory} for {flag} is not writable")
 
 
-def _atomic_write(path, write_fn, binary=True):
-    """Write via a temporary file in the same directory, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _atomic_write(path, write_fn):
+    """``write_fn(binary file)`` through :func:`guided_diffusion.io_util.atomic_write`."""
+    with atomic_write(path, "wb") as f:
+        write_fn(f)
 
 
 def _json_ready(results):

@@ -96,16 +96,35 @@ def check_state_dict(model, state_dict, path):
         return
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:2])})")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})")
     if misshaped:
-        shown = ", ".join(f"{k} file {a} vs model {b}" for k, a, b in misshaped[:3])
+        shown = ", ".join(f"{k} file {a} vs model {b}" for k, a, b in misshaped[:2])
         parts.append(f"{len(misshaped)} mis-shaped (e.g. {shown})")
     raise CheckpointError(
         f"--model_path {path} does not fit the model flags: {'; '.join(parts)}. "
-        f"Likely differing flags: {', '.join(_likely_flags(missing, unexpected, misshaped))}"
+        f"Likely differing flags: {', '.join(_likely_flags(missing, unexpected, misshaped))}{_flags_hint(path)}"
     )
+
+
+def _flags_hint(path):
+    """A pointer to the checkpoint's own flags when a ``<name>.json`` with "model_flags" lies beside it."""
+    import json
+
+    sidecar = os.path.splitext(str(path))[0] + ".json"
+    try:
+        with open(sidecar) as f:
+            flags = json.load(f)["model_flags"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    from .demo import DEMO_FLAGS
+
+    if os.path.realpath(sidecar) == os.path.realpath(DEMO_FLAGS):
+        return (". This is the bundled demo model: give no model flags (its own are used), or pass those "
+                f"in {sidecar}")
+    text = " ".join(f"--{k} {v}" for k, v in flags.items())
+    return f". Its training flags are in {sidecar}: {text}"
 
 
 def load_checkpoint_into(model, path, data=None):

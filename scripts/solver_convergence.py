@@ -30,14 +30,10 @@ in the middle of the run; iPNDM's Euler first step caps it at 2 asymptotically).
 
 import argparse
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from guided_diffusion.solvers import SOLVERS, get_solver, log_snr, nfe, x0_from_eps  # noqa: E402
+from guided_diffusion.solvers import SOLVERS, get_solver, nfe, x0_from_eps
 
 LAMBDA_START, LAMBDA_END = -5.0, 5.0  # alpha_bar 4.5e-5 .. 0.99995
 

@@ -7,7 +7,7 @@ import pytest
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guided_diffusion")
 MATH_MODULES = ["schedules", "gaussian_diffusion", "training_losses", "respace", "time_shift", "sampling", "unet",
-                "nn", "losses", "generate", "image_datasets", "script_util"]
+                "nn", "losses", "generate", "image_datasets", "script_util", "corrections", "solvers", "settings"]
 FORBIDDEN = {"mpi4py", "torch.distributed", "guided_diffusion.dist_util", "dist_util", "argparse_never"}
 
 
@@ -41,3 +41,25 @@ def test_only_dist_util_imports_mpi_and_torch_distributed():
 def test_time_shift_depends_on_torch_only():
     names = _imports(os.path.join(PKG, "time_shift.py"))
     assert {n.split(".")[0] for n in names} <= {"torch", "dataclasses", "typing"}
+
+
+@pytest.mark.parametrize("module", ["corrections", "solvers"])
+def test_step_math_depends_on_torch_only(module):
+    names = _imports(os.path.join(PKG, module + ".py"))
+    assert {n.split(".")[0] for n in names} <= {"torch", "dataclasses", "typing", "math", "numbers"}, names
+
+
+def test_loop_does_not_import_the_diffusion_or_the_command_layer():
+    """sampling.py (the loop) is below gaussian_diffusion.py and knows nothing of files, flags or processes."""
+    names = _imports(os.path.join(PKG, "sampling.py"))
+    for layer in ("gaussian_diffusion", "respace", "script_util", "settings", "sample_run", "sample_parts", "io_util"):
+        assert not any(n.split(".")[-1] == layer or n.endswith("." + layer) or n == layer for n in names), layer
+
+
+def test_scripts_import_no_private_helpers_and_no_sys_path_hacks():
+    root = os.path.dirname(PKG)
+    for folder in ("guided_diffusion", "scripts", "evaluations", "datasets"):
+        for fname in os.listdir(os.path.join(root, folder)):
+            if fname.endswith(".py"):
+                text = open(os.path.join(root, folder, fname)).read()
+                assert "sys.path.insert" not in text, f"{folder}/{fname}"
