@@ -342,6 +342,9 @@ def run_sampling(job, device=None, on_part_written=None):
         grid_size=run.grid_size if run.grid else 0,
     )
     print(f"wrote {out_path}", flush=True)
+    meta_path = meta_path_for(out_path)
+    write_run_meta(meta_path, job, diffusion, checkpoint_sha256, device)
+    print(f"wrote {meta_path}", flush=True)
     if job.sampler.save_trace:
         trace_path = trace_path_for(out_path)
         write_trace(trace_path, job, diffusion, sample_parts.read_trace(parts_dir, run.num_samples,
@@ -358,6 +361,40 @@ def run_sampling(job, device=None, on_part_written=None):
         write_compare_grid(job, model, diffusion, device)
         print(f"wrote {run.compare_grid}", flush=True)
     return out_path
+
+
+def meta_path_for(npz_path):
+    """``OUT.npz`` -> ``OUT.json`` (the npz's metadata: settings, NFE, checkpoint hash)."""
+    return (npz_path[: -len(".npz")] if npz_path.endswith(".npz") else npz_path) + ".json"
+
+
+def network_evaluations(sampler, num_steps):
+    """NFE of one sample: one network call per step, plus the S-/F-PNDM warm-up calls."""
+    from .solvers import nfe
+
+    return num_steps if sampler.kind in ("ddim", "ddpm") else nfe(sampler.kind, num_steps, ends_clean=True)
+
+
+def write_run_meta(path, job, diffusion, checkpoint_sha256, device):
+    """JSON beside the npz: every setting, steps, NFE, the checkpoint's SHA-256, device and torch."""
+    import json
+
+    from .io_util import write_text_atomic
+
+    sampler = job.sampler_obj()
+    meta = {
+        "npz": os.path.basename(path[: -len(".json")] + ".npz"),
+        "num_samples": job.run.num_samples,
+        "sampler": sampler.describe(),
+        "steps": diffusion.num_timesteps,
+        "nfe": network_evaluations(sampler, diffusion.num_timesteps),
+        "timesteps": [int(t) for t in reversed(diffusion.timestep_map)],
+        "settings": job.flags(),
+        "checkpoint_sha256": checkpoint_sha256,
+        "device": _device_description(device),
+        "torch": torch.__version__,
+    }
+    write_text_atomic(path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
 def trace_path_for(npz_path):

@@ -125,7 +125,7 @@ def test_1gpu_script_same_bytes(ckpts, reference, tmp_path):
 def test_plain_script_same_bytes(ckpts, reference, tmp_path):
     res = run_proc(flags(ckpts["good"], tmp_path, batch_size=4))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"wrote {tmp_path / NPZ_NAME}"
+    assert res.stdout.split() == ["wrote", str(tmp_path / NPZ_NAME), "wrote", str(tmp_path / NPZ_NAME[:-4]) + ".json"]
     assert (tmp_path / NPZ_NAME).read_bytes() == reference
 
 
@@ -212,3 +212,12 @@ def test_plan_and_streaming_writer():
     write_npz_streaming(buf, [("arr_0", np.uint8, a.shape, [a[:2], a[2:]])])
     np.savez(ref, a)
     assert buf.getvalue() == ref.getvalue()
+
+
+def test_run_metadata_json(ckpts, tmp_path):
+    import json
+
+    path = run_here(flags(ckpts["good"], tmp_path, batch_size=5))
+    meta = json.loads(open(path[:-4] + ".json").read())
+    assert meta["npz"] == NPZ_NAME and meta["steps"] == 4 and meta["nfe"] == 4 and meta["timesteps"] == [75, 50, 25, 0]
+    assert meta["settings"]["seed"] == 0 and len(meta["checkpoint_sha256"]) == 64 and "DDIM" in meta["sampler"]
