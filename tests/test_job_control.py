@@ -356,7 +356,7 @@ def test_full_disk_during_assembly_keeps_parts(ckpt, reference, tmp_path, capsys
 # ------------------------------------------------------------------------------- training
 @pytest.mark.integration
 def test_train_sigterm_saves_a_resumable_checkpoint(tmp_path):
-    from test_train import TINY, _load_train_script
+    from test_train_util import TINY, _load_train_script
 
     npz = str(tmp_path / "data.npz")
     np.savez(npz, np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8))
