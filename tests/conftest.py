@@ -78,7 +78,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny random UNet checkpoint and its flags: (path, flags dict, argv list)."""
     from guided_diffusion.script_util import create_model_and_diffusion
 
-    flags = dict(image_size=8, num_channels=16, num_res_blocks=1, attention_resolutions="", channel_mult="1")
+    flags = dict(image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="", channel_mult="1")
     torch.manual_seed(0)
     model, _ = create_model_and_diffusion(**flags)
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
