@@ -47,7 +47,7 @@ def _rule(text):
 
 def tuner_parser():
     """The tuner's own flags, shown in --help above the sampling flags it passes on."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False, allow_abbrev=False)
     p.add_argument("--ref_batch", default="", help="reference: the statistics file of evaluations/evaluator.py "
                    "--stats (with pool_3 features, needed for KID) or an image npz (its statistics are made once "
                    "and cached)")
