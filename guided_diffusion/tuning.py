@@ -338,21 +338,23 @@ class Evaluator:
         self.job_for(setting, 2).validate()
 
     def _reference(self):
-        """A reference with pool_3 features: the given file, or (image npz) its statistics made once."""
+        """The reference as the evaluator's batch object, loaded once: mu, sigma and the pool_3 features only
+        (so no sFID is computed: it costs two 2048-d eigendecompositions per evaluation and is not used). An
+        image npz gets its statistics made once, cached under ``cache_dir/references/``."""
         if self._ref_for_eval is None:
-            from evaluations.evaluator import compute_statistics_file, open_batch
+            from evaluations.evaluator import NpzBatch, compute_statistics_file, open_batch
 
             batch = open_batch(self.ref, "reference batch")
-            if batch.has_pool_features:
-                self._ref_for_eval = self.ref
-            else:
+            if not batch.has_pool_features:
                 path = os.path.join(os.path.dirname(self.root), "references", self.reference_sha256 + ".npz")
                 if not os.path.exists(path):
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     self.log(f"computing the reference statistics of {self.ref} once -> {path}")
                     compute_statistics_file(batch, path, self.eval_options.inception_path, self._device(),
                                             progress=False)
-                self._ref_for_eval = path
+                batch = open_batch(path, "reference statistics")
+            self._ref_for_eval = NpzBatch(batch.path, stats={k: batch.stats[k] for k in ("mu", "sigma")},
+                                          pool_features=batch.pool_features, stats_num_images=batch.count)
         return self._ref_for_eval
 
     def _device(self):
