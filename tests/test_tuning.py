@@ -142,6 +142,56 @@ def test_evaluator_keys_and_sample_folders(tmp_path):
     assert ev.cached(PLAIN, 4) is None and not (tmp_path / "cache").exists()
 
 
+def test_tune_procedure_with_fake_scores(tmp_path, monkeypatch):
+    """The search order without sampling: rungs, per-family halving, plain at every rung, combinations, choice."""
+    (tmp_path / "m.pt").write_bytes(b"weights")
+    (tmp_path / "ref.npz").write_bytes(b"reference")
+    job = SamplingJob.from_flags(dict(image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="",
+                                      channel_mult="1", model_path=str(tmp_path / "m.pt"),
+                                      timestep_respacing="ddim10", use_ddim=True))
+    kid = {PLAIN: 5.0, Setting(eps_scale=1.002): 4.0, Setting(eps_scale=1.005): 6.0, Setting(dcw_low=0.05): 4.5,
+           Setting(dcw_low=-0.05): 9.0}
+    for i, w in enumerate((10, 20, 40, 80)):
+        for j, c in enumerate((200, 300, 500)):
+            kid[Setting(window=w, cutoff=c, rule="adm")] = 3.0 + i + 0.1 * j  # best: w10 c200
+    calls = []
+
+    def fake_score(self, setting, n):
+        calls.append((setting, n))
+        value = kid.get(setting)
+        if value is None:  # a combination: a little better than its best part
+            value = min(kid[p] for p in (Setting(window=setting.window, cutoff=setting.cutoff, rule=setting.rule),
+                                         Setting(eps_scale=setting.eps_scale), Setting(dcw_low=setting.dcw_low))
+                        if p != PLAIN) - 0.5 * (setting.has_es + setting.has_dcw)
+        return _r(value / n, 10.0 * value), False
+
+    monkeypatch.setattr(tuning, "check_evaluation_inputs", lambda ref, options: None)
+    monkeypatch.setattr(tuning.Evaluator, "score", fake_score)
+    monkeypatch.setattr(tuning.Evaluator, "discard_samples", lambda self, s: None)
+    space = SearchSpace(windows=(0, 10, 20, 40, 80), rules=("adm",))
+    report = tuning.tune(job, str(tmp_path / "ref.npz"), str(tmp_path / "cache"), space=space, rungs=(10, 20, 40),
+                         keep=1 / 3, base_argv=["--steps", "10"], log=lambda text: None)
+    at = {n: [s for s, m in calls if m == n] for n in (10, 20, 40)}
+    assert at[10][0] == PLAIN and len(at[10]) == 1 + 12 + 2 + 2
+    # rung 2: ceil(12 / 3) = 4 time-shift settings, 1 of each correction; rung 3: ceil(4 / 3) = 2, 1, 1
+    assert at[20][0] == PLAIN and len(at[20]) == 1 + 4 + 1 + 1
+    assert set(at[20][1:5]) == {Setting(window=10, cutoff=c, rule="adm") for c in (200, 300, 500)} | {
+        Setting(window=20, cutoff=200, rule="adm")}
+    ts_best, es, dcw = Setting(window=10, cutoff=200, rule="adm"), Setting(eps_scale=1.002), Setting(dcw_low=0.05)
+    assert at[40][:5] == [PLAIN, ts_best, Setting(window=10, cutoff=300, rule="adm"), es, dcw]
+    # all three bests beat plain: the four combinations, at the last budget
+    assert at[40][5:] == [ts_best.combined(es), ts_best.combined(dcw), es.combined(dcw),
+                          ts_best.combined(es).combined(dcw)]
+    assert report["chosen"]["setting"] == ts_best.combined(es).combined(dcw).as_dict()
+    assert report["plain"]["kid_mean"] == 5.0 / 40 and report["verdict"] == "better"
+    assert report["command"].endswith("--steps 10 --do_time_shift True --window 10 --cutoff 200 --eps_scale 1.002 "
+                                      "--dcw_low 0.05")
+    statuses = [(r["rung"], r["status"]) for r in report["evaluations"]]
+    assert statuses.count((1, "kept")) == 6 and statuses.count((1, "out")) == 10
+    assert statuses.count((3, "combination")) == 4 and statuses.count((3, "baseline")) == 1
+    assert "chosen: TS w10 c200 adm + ES 1.002 + DCW 0.05" in tuning.format_report(report)
+
+
 # ------------------------------------------------------------------ verdict and command
 def test_verdict():
     plain = _r(2e-3, 30.0, kid_se=1e-4, fid_sd=0.5)
