@@ -1,4 +1,4 @@
-"""Tune the time shift (window, cutoff, rule), epsilon scaling and the DCW weight for one checkpoint.
+r"""Tune the time shift (window, cutoff, rule), epsilon scaling and the DCW weight for one checkpoint.
 
 For a checkpoint, a solver and a step count, successive halving on KID: every setting at the first
 budget of --rungs, each family's best --keep fraction at the next, ..., then the families' best
@@ -25,7 +25,7 @@ from evaluations.inception import InceptionWeightsError
 from guided_diffusion import tuning
 from guided_diffusion.io_util import run_cli, user_errors, write_text_atomic
 from guided_diffusion.sample_run import parse_sampling_flags, sampling_parser
-from guided_diffusion.settings import finite_float, nonneg_int, str2bool
+from guided_diffusion.settings import OneLineErrorParser, finite_float, nonneg_int, str2bool
 from guided_diffusion.time_shift import TS_RULES
 
 
@@ -47,7 +47,7 @@ def _rule(text):
 
 def tuner_parser():
     """The tuner's own flags, shown in --help above the sampling flags it passes on."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False, allow_abbrev=False)
+    p = OneLineErrorParser(description=__doc__.split("\n")[0], add_help=False, allow_abbrev=False)
     p.add_argument("--ref_batch", default="", help="reference: the statistics file of evaluations/evaluator.py "
                    "--stats (with pool_3 features, needed for KID) or an image npz (its statistics are made once "
                    "and cached)")
@@ -119,8 +119,13 @@ def main(argv=None):
     options = tuning.EvalOptions(kid_subsets=ours.kid_subsets, fid_bootstrap=ours.fid_bootstrap,
                                  fid_method=ours.fid_method, inception_path=ours.inception_path,
                                  device=ours.eval_device)
-    report = tuning.tune(base_job, ours.ref_batch, ours.cache_dir, space=space, rungs=rungs, keep=keep,
-                         eval_options=options, keep_samples=ours.keep_samples, base_argv=rest)
+    try:
+        report = tuning.tune(base_job, ours.ref_batch, ours.cache_dir, space=space, rungs=rungs, keep=keep,
+                             eval_options=options, keep_samples=ours.keep_samples, base_argv=rest)
+    except KeyboardInterrupt:  # outside a sampling run (which stops at a batch boundary itself)
+        sys.stderr.write("tune_sampler.py: interrupted; finished evaluations are cached: rerun the same command "
+                         "to resume\n")
+        sys.exit(130)
     print(tuning.format_report(report), flush=True)
     if ours.json:
         write_text_atomic(ours.json, json.dumps(report, indent=1, sort_keys=True) + "\n")

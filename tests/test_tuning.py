@@ -313,6 +313,7 @@ def test_tune_sampler_bad_input_one_line_exit_2_no_output(toy):
     cases = [
         (["--window", "40"], "--window is set by the tuner"),
         (["--rungs", "8,4"], "--rungs"),
+        (["--rules", "adm,foo"], "unknown rule 'foo'"),
         (["--ref_batch", str(toy / "no_features.npz")], "pool_3"),
     ]
     for extra, message in cases:
