@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .io_util import sha256_file, write_text_atomic
 from .settings import TimeShiftConfig, format_number
