@@ -271,6 +271,11 @@ class ImageDataset:
         self._labels = labels
 
     # -- access
+    @property
+    def labels(self):
+        """int64 (N,) class labels (with ``class_cond``), else None."""
+        return self._labels
+
     def __len__(self):
         if self._paths is not None:
             return len(self._paths)
