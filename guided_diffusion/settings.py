@@ -351,8 +351,8 @@ class NllConfig:
                             "(arr_1 labels for class-conditional models)")
     model_path: str = setting("", "diffusion model checkpoint (.pt state_dict)", pixel=False)
     num_samples: int = setting(1000, "evaluate the first N images (fewer if the data set is smaller)",
-                               parse=positive_int)
-    batch_size: int = setting(1, "images per forward pass (per process)", parse=positive_int)
+                               parse=positive_int, pixel=False)
+    batch_size: int = setting(1, "images per forward pass (per process)", parse=positive_int, pixel=False)
     clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] in every VB term")
     seed: int = setting(0, "seed: the noise of image k at timestep t depends only on (seed, k, t)")
     out_dir: str = setting(".", "output folder (created if missing) for bpd.npz, bpd.json and the *_terms.npz",
