@@ -76,7 +76,8 @@ def bpd_terms(model, diffusion, x, indices, *, seed, clip_denoised=True, model_k
                                    noise_fn=lambda i, like: noise.normal(idx, i + 1, shape).to(like.device))
 
 
-def _write_part(parts_dir, start, out):
+def write_part(parts_dir, start, out):
+    """One finished batch (images start..) as a part file, atomically; returns its path."""
     arrays = {k: out[k].detach().cpu().numpy().astype(np.float64 if k.endswith("bpd") else np.float32)
               for k in ("total_bpd", "prior_bpd") + TERMS}
     path = os.path.join(parts_dir, sample_parts.part_name(start, start + arrays["total_bpd"].shape[0]))
@@ -192,7 +193,7 @@ def run_nll(job, device=None):
                     bad = start + int((~torch.isfinite(out["total_bpd"])).nonzero()[0, 0])
                     raise ValueError(f"image {bad}: bits/dim is not finite (NaN/inf); nothing was written for "
                                      f"its batch")
-                _write_part(parts_dir, start, out)
+                write_part(parts_dir, start, out)
                 local_sum, local_count = float(out["total_bpd"].double().sum()), end - start
             except Exception as e:
                 exc = e

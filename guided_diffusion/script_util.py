@@ -277,11 +277,13 @@ def create_classifier_and_diffusion(**kwargs):
     """(classifier, diffusion) from upstream's flat keywords (``classifier_and_diffusion_defaults``).
 
     Upstream's TS-DPM-ADM version crashed here (its factory wanted the time-shift arguments that
-    ``classifier_and_diffusion_defaults`` did not supply); here every diffusion and time-shift key is
-    optional.
+    ``classifier_and_diffusion_defaults`` did not supply); here every key is optional (defaults:
+    ``classifier_and_diffusion_defaults()``).
     """
-    clf_keys = set(classifier_defaults())
-    classifier = create_classifier(**{k: v for k, v in kwargs.items() if k in clf_keys})
+    clf_kwargs = classifier_defaults()  # missing classifier keys take their defaults too
+    clf_keys = set(clf_kwargs)
+    clf_kwargs.update({k: v for k, v in kwargs.items() if k in clf_keys})
+    classifier = create_classifier(**clf_kwargs)
     rest = {k: v for k, v in kwargs.items() if k not in clf_keys}
     _, diff_cfg, ts_cfg = configs_from_kwargs(**rest)
     diffusion = _diffusion_from_configs(diff_cfg, ts_cfg)
