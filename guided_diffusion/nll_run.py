@@ -9,7 +9,8 @@ Upstream's ``calc_bpd_loop`` semantics, per image x_0 (Ho et al. 2020 eq. 5, in 
 
 and the per-step diagnostics ``mse`` (eps error) and ``xstart_mse``. ``noise_t`` of image k depends
 only on (seed, k, t) (:class:`~guided_diffusion.generate.SampleNoise`, stream t + 1), so the result
-does not depend on the batch size, the process count or interruptions.
+does not depend on the process count or interruptions (the same bytes for the same batch size; across
+batch sizes the network's batched convolutions may round differently, ~1e-6 bits/dim).
 
 A run over W processes: image k (k < num_samples, in data-set order) is in batch k // batch_size;
 batch j goes to rank j % W; ranks work in rounds and after each round sum (bits/dim, images,
