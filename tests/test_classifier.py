@@ -361,3 +361,23 @@ def test_noised_inputs_and_eval_are_deterministic(files):
     xc, tc = clean._inputs(batch, ta, na)
     assert torch.equal(xc, batch) and not tc.any()
     assert a.current_lr(0) == 1e-3 and a.current_lr(2) == 1e-3  # anneal_lr off by default
+
+
+def test_classifier_accuracy_script(files, tmp_path):
+    """scripts/classifier_accuracy.py on guided samples: acc@1 equals the classifier's argmax agreement."""
+    import runpy
+
+    path = sample_here(files, str(tmp_path / "s"))
+    main = runpy.run_path(os.path.join(ROOT, "scripts", "classifier_accuracy.py"))["main"]
+    flags = {k: v for k, v in CLF.items()}
+    result = main(argv_of({**flags, "samples": path, "classifier_path": files["clf"], "batch_size": 2,
+                           "out_json": str(tmp_path / "acc.json")}))
+    z = np.load(path)
+    clf = create_classifier(**CLF_ALL)
+    clf.load_state_dict(torch.load(files["clf"]))
+    x = torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2).float()[:, :1] / 127.5 - 1
+    with torch.no_grad():
+        pred = clf.eval()(x, torch.zeros(NUM, dtype=torch.long)).argmax(-1).numpy()
+    assert result["acc@1"] == float((pred == z["arr_1"]).mean())
+    assert result["acc@5"] == 1.0  # 3 classes
+    assert json.loads((tmp_path / "acc.json").read_text())["num_images"] == NUM
