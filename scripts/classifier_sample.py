@@ -19,9 +19,10 @@ model's labels in image_sample.py; the diffusion model sees it only with --class
 Guidance: cond_fn = classifier_scale * grad_x log p(y | x_t, t), added to the mean for DDPM
 (Sigma * grad) and to the score for DDIM and the other solvers (eps - sqrt(1 - a_t) * grad).
 
-With no --model_path and no model flags the bundled demo model (grey Fashion-MNIST 32x32) is used;
-pair it with a classifier trained by scripts/classifier_train.py on Fashion-MNIST
-(--image_size 32 --image_channels 1 --classifier_num_classes 10 and its other classifier flags).
+With no --model_path and no model flags (image_size and image_channels included) the bundled demo model
+(grey Fashion-MNIST 32x32) is used, and the classifier gets its image size and channels; pair it with a
+classifier trained by scripts/classifier_train.py on Fashion-MNIST and pass that classifier's flags
+(--classifier_num_classes 10 --classifier_width ...).
 Multi-process (mpiexec / torchrun), resumable parts, one-line errors, SIGTERM/SIGINT: as image_sample.py.
 The classifier's SHA-256 and the classifier flags are part of the resume metadata.
 """
