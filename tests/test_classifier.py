@@ -4,7 +4,6 @@ scripts/classifier_train.py and scripts/classifier_sample.py end to end (time sh
 Toy sizes: 8x8 grey images, 3 classes, 40 diffusion steps, ddim4.
 """
 
-import io
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import torch
 from guided_diffusion.conditioning import ClassifierGuidance, classifier_log_prob_grad
 from guided_diffusion.generate import LABEL_STREAM, SampleNoise
 from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import GUIDANCE_GROUPS, SamplingJob, run_sampling
+from guided_diffusion.sample_run import GUIDANCE_GROUPS, SamplingJob
 from guided_diffusion.script_util import (
     classifier_and_diffusion_defaults,
     classifier_defaults,
