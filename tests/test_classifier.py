@@ -380,3 +380,25 @@ def test_classifier_accuracy_script(files, tmp_path):
     assert result["acc@1"] == float((pred == z["arr_1"]).mean())
     assert result["acc@5"] == 1.0  # 3 classes
     assert json.loads((tmp_path / "acc.json").read_text())["num_images"] == NUM
+
+
+def test_pndm_warmup_stages_are_guided_too():
+    """S-/F-PNDM's extra network calls get the same score-form guidance as the main call."""
+    from guided_diffusion.sampling import _pndm_stage_arguments
+
+    diffusion = create_gaussian_diffusion(steps=40, noise_schedule="cosine", timestep_respacing="ddim4")
+    net = lambda x, t, **kw: 0.3 * x + t[:, None, None, None] / 100  # noqa: E731
+    g = torch.randn(2, 1, 8, 8)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([12.5, 20.0], dtype=torch.float64)
+    a = torch.tensor([0.6, 0.4], dtype=torch.float64)
+    args = (diffusion, net, x, 30, 20, None, None, 4, False, None, {})
+    plain = _pndm_stage_arguments(*args)["eval_eps"](x, t, a)
+    guided = _pndm_stage_arguments(*args, cond_fn=lambda x_, t_, **kw: g)["eval_eps"](x, t, a)
+    want = plain - torch.sqrt(1 - a).float().reshape(2, 1, 1, 1) * g
+    assert torch.allclose(guided, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["ddpm", "dpm++2m", "f-pndm"])
+def test_guided_sampling_with_other_solvers(files, tmp_path, solver):
+    path = sample_here(files, str(tmp_path), use_ddim=False, solver=solver, num_samples=2)
+    assert np.load(path)["arr_0"].shape == (2, 8, 8, 3)
