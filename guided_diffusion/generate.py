@@ -20,11 +20,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .conditioning import LABEL_STREAM  # noqa: F401  (the class-label stream; re-exported)
 from .sampling import sample_loop_progressive
 from .time_shift import stack_step_picks
 
 _MASK32 = 0xFFFFFFFF
-LABEL_STREAM = 0x7FFF0000
 # murmur3 fmix32 multipliers as signed int32 (int32 multiplication wraps like uint32's).
 _M1_I32 = 0x85EBCA6B - 2**32
 _M2_I32 = 0xC2B2AE35 - 2**32
@@ -146,7 +146,7 @@ def to_uint8_rgb(x):
 
 
 def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes=None, progress=False,
-                 trace=False):
+                 trace=False, conditioning=None):
     """Generate the samples with global ``indices`` as one batch.
 
     :param indices: (B,) int64 tensor on the model's device.
@@ -154,6 +154,10 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
     :param sampler: a :class:`~guided_diffusion.sampling.Sampler`.
     :param num_classes: draw class labels (class-conditional models) when set.
     :param trace: also return the per-sample trace of the time shift.
+    :param conditioning: optional :class:`~guided_diffusion.conditioning.ClassifierGuidance` or
+        :class:`~guided_diffusion.conditioning.LowResInputs`: it gives the labels and model inputs of
+        the samples (from their indices) and the loop's ``cond_fn``; ``num_classes`` is then the
+        model's (None for an unconditional model).
     :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None), and with ``trace`` a third
         element: (B, S) int32 matched original timestep per sample and step (-1: not shifted).
     :raises NonFiniteSampleError: naming the first bad sample index and the sampler settings.
@@ -162,7 +166,12 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
     x_T = noise.normal(indices, 0, shape)
     model_kwargs = {}
     labels = None
-    if num_classes:
+    cond_fn = None
+    if conditioning is not None:
+        labels, model_kwargs = conditioning.inputs(indices, noise, num_classes)
+        model = conditioning.wrap_model(model, num_classes)
+        cond_fn = conditioning.cond_fn
+    elif num_classes:
         labels = noise.integers(indices, LABEL_STREAM, num_classes)
         model_kwargs["y"] = labels
     picks, out = [], None
@@ -172,6 +181,7 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
         x_T.shape,
         sampler,
         noise=x_T,
+        cond_fn=cond_fn,
         model_kwargs=model_kwargs,
         progress=progress,
         noise_fn=lambda step, like: noise.normal(indices, step + 1, shape),
@@ -184,7 +194,8 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
         bad = int(indices[~finite][0])
         respacing = f"{diffusion.num_timesteps} steps"
         raise NonFiniteSampleError(
-            f"sample {bad} is not finite (NaN/inf) with {sampler.describe()}, {respacing}, seed={seed}; "
+            f"sample {bad} is not finite (NaN/inf) with {sampler.describe()}"
+            f"{'' if conditioning is None else ', ' + conditioning.describe()}, {respacing}, seed={seed}; "
             "nothing was written for its batch"
         )
     if trace:

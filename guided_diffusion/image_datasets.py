@@ -71,6 +71,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
+    "LowResBatcher",
     "StepBatcher",
     "batch_indices",
     "center_crop_arr",
@@ -271,6 +272,11 @@ class ImageDataset:
         self._labels = labels
 
     # -- access
+    @property
+    def labels(self):
+        """int64 (N,) class labels (with ``class_cond``), else None."""
+        return self._labels
+
     def __len__(self):
         if self._paths is not None:
             return len(self._paths)
@@ -461,3 +467,29 @@ class StepBatcher:
         while True:
             yield self.batch(step)
             step += 1
+
+
+class LowResBatcher:
+    """Super-resolution training batches: a batcher's (x, cond) plus ``cond["low_res"]``, x downsampled
+    to ``small_size`` with area interpolation (upstream ``load_superres_data``).
+
+    Has ``batch(step)``, ``batch_size`` and ``steps_per_epoch`` like :class:`StepBatcher`.
+    """
+
+    def __init__(self, batcher, small_size):
+        self.batcher = batcher
+        self.small_size = int(small_size)
+        self.batch_size = batcher.batch_size
+
+    @property
+    def steps_per_epoch(self):
+        return self.batcher.steps_per_epoch
+
+    def batch(self, step):
+        import torch.nn.functional as F
+
+        x, cond = self.batcher.batch(step)
+        cond = dict(cond)
+        cond["low_res"] = F.interpolate(x, self.small_size, mode="area")
+        return x, cond
+

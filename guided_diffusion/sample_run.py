@@ -34,6 +34,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -43,10 +44,14 @@ from .corrections import Corrections
 from .fast_path import apply_fast_path
 from .generate import generate_samples
 from .sampling import Sampler
-from .script_util import create_model, diffusion_from_config
+from .script_util import classifier_from_configs, create_model, create_sr_model, diffusion_from_config
 from .settings import (
     SAMPLING_GROUPS,
+    BaseSamplesConfig,
+    ClassifierConfig,
     DiffusionConfig,
+    GuidanceConfig,
+    SuperResConfig,
     OneLineErrorParser,
     add_settings,
     FastPathConfig,
@@ -55,6 +60,7 @@ from .settings import (
     SamplerConfig,
     TimeShiftConfig,
     config_from_dict,
+    format_number,
     name_suffix,
     pixel_settings,
 )
@@ -67,6 +73,17 @@ _GROUPS = {
     "model": ModelConfig,
     "diffusion": DiffusionConfig,
 }
+# Groups a job has only when asked for (``SamplingJob.from_flags(..., extras=...)``): classifier
+# guidance ("guidance" + "classifier") and super-resolution ("super_res" + "base"). A job without
+# them has exactly the settings, resume metadata and output name it had before they existed.
+_OPTIONAL_GROUPS = {
+    "guidance": GuidanceConfig,
+    "classifier": ClassifierConfig,
+    "super_res": SuperResConfig,
+    "base": BaseSamplesConfig,
+}
+GUIDANCE_GROUPS = ("guidance", "classifier")
+SUPER_RES_GROUPS = ("super_res", "base")
 
 
 def sampling_parser(description=None, epilog=None):
@@ -78,19 +95,21 @@ def sampling_parser(description=None, epilog=None):
     return add_settings(parser, *SAMPLING_GROUPS)
 
 
-def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None):
+def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None, extras=(), demo_model=True):
     """Parse the sampling flags into a :class:`SamplingJob` (and the namespace, for extra flags).
 
     With no ``--model_path`` and no model flags, the job uses the bundled demo model with its own
     flags (and its ``data_type``/``model_type`` names unless given); see :mod:`guided_diffusion.demo`.
+    ``extras``: optional groups of the job (:data:`GUIDANCE_GROUPS`, :data:`SUPER_RES_GROUPS`);
+    their flags must be in ``parser``. ``demo_model=False``: never switch to the demo model.
     """
     from . import demo
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = parser or sampling_parser(description, epilog)
     args = parser.parse_args(argv)
-    job = SamplingJob.from_flags(args)
-    return demo.maybe_use_demo(job, argv), args
+    job = SamplingJob.from_flags(args, extras=extras)
+    return (demo.maybe_use_demo(job, argv) if demo_model else job), args
 
 
 def sampler_from_configs(sampler_cfg, ts_cfg):
@@ -117,17 +136,36 @@ class SamplingJob:
     fast: FastPathConfig = field(default_factory=FastPathConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    guidance: Optional[GuidanceConfig] = None  # classifier guidance (with ``classifier``)
+    classifier: Optional[ClassifierConfig] = None
+    super_res: Optional[SuperResConfig] = None  # super-resolution (with ``base``)
+    base: Optional[BaseSamplesConfig] = None
 
     @classmethod
-    def from_flags(cls, flags):
-        """From a flat dict or argparse namespace of flag names (missing ones take their defaults)."""
-        values = vars(flags) if not isinstance(flags, dict) else flags
-        return cls(**{group: config_from_dict(c, values) for group, c in _GROUPS.items()})
+    def from_flags(cls, flags, extras=()):
+        """From a flat dict or argparse namespace of flag names (missing ones take their defaults).
+
+        ``extras``: names of optional groups to include (e.g. :data:`GUIDANCE_GROUPS`). With
+        "super_res", ``image_size`` is set to ``large_size`` (the size of the samples).
+        """
+        values = dict(vars(flags) if not isinstance(flags, dict) else flags)
+        unknown = sorted(set(extras) - set(_OPTIONAL_GROUPS))
+        if unknown:
+            raise TypeError(f"unknown optional sampling group(s): {', '.join(unknown)}")
+        if "super_res" in extras:
+            values["image_size"] = values.get("large_size", SuperResConfig.large_size)
+        kw = {group: config_from_dict(c, values) for group, c in _GROUPS.items()}
+        kw.update({group: config_from_dict(_OPTIONAL_GROUPS[group], values) for group in extras})
+        return cls(**kw)
+
+    def extras(self):
+        """The optional groups this job has, in declaration order."""
+        return tuple(g for g in _OPTIONAL_GROUPS if getattr(self, g) is not None)
 
     def flags(self):
         """The flat {flag name: value} dict (the inverse of :meth:`from_flags`)."""
         out = {}
-        for group in _GROUPS:
+        for group in tuple(_GROUPS) + self.extras():
             out.update(dataclasses.asdict(getattr(self, group)))
         return out
 
@@ -137,7 +175,7 @@ class SamplingJob:
         unknown = sorted(set(changes) - known)
         if unknown:
             raise TypeError(f"unknown sampling setting(s): {', '.join(unknown)}")
-        return SamplingJob.from_flags({**self.flags(), **changes})
+        return SamplingJob.from_flags({**self.flags(), **changes}, extras=self.extras())
 
     def with_demo_model(self):
         """A copy that samples the bundled demo model (its checkpoint, model flags and names)."""
@@ -146,7 +184,7 @@ class SamplingJob:
         return self.with_flags(**demo.demo_settings())
 
     def configs(self):
-        return [getattr(self, group) for group in _GROUPS]
+        return [getattr(self, group) for group in tuple(_GROUPS) + self.extras()]
 
     def sampler_obj(self):
         return sampler_from_configs(self.sampler, self.time_shift)
@@ -168,6 +206,10 @@ class SamplingJob:
             if ts.ts_rule != "adm":
                 name += f"_{ts.ts_rule}"
         name += name_suffix(self.sampler, self.fast)
+        if self.guidance is not None:
+            name += f"_cls{format_number(self.guidance.classifier_scale)}"
+        if self.super_res is not None:
+            name += f"_sr{self.super_res.small_size}to{self.super_res.large_size}"
         return name + ".npz"
 
     def output_path(self):
@@ -176,6 +218,16 @@ class SamplingJob:
     def validate(self):
         """One-line errors for settings that cannot work (raised before any work)."""
         self.run.validate()
+        if self.guidance is not None and not self.guidance.classifier_path:
+            raise ValueError("--classifier_path is empty: pass the noisy-image classifier checkpoint")
+        if self.super_res is not None:
+            sr = self.super_res
+            if sr.small_size >= sr.large_size:
+                raise ValueError(f"--small_size ({sr.small_size}) must be smaller than --large_size ({sr.large_size})")
+            if self.model.image_size != sr.large_size:
+                raise ValueError(f"image_size {self.model.image_size} differs from --large_size {sr.large_size}")
+        if self.base is not None and not self.base.base_samples:
+            raise ValueError("--base_samples is empty: pass the npz of low-resolution images to upsample")
         sampler = self.sampler_obj()
         if sampler.corrections.active:
             steps = diffusion_from_config(self.diffusion).num_timesteps
@@ -184,7 +236,10 @@ class SamplingJob:
 
 def build_model(job, device, checkpoint_bytes=None):
     """The network for ``job``: built from its model config, checkpoint loaded strictly, fast path applied."""
-    model = create_model(**dataclasses.asdict(job.model))
+    if job.super_res is not None:
+        model = create_sr_model(job.super_res.large_size, job.super_res.small_size, job.model)
+    else:
+        model = create_model(**dataclasses.asdict(job.model))
     load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes)
     model.to(device)
     if job.model.use_fp16:
@@ -200,6 +255,74 @@ def build_model(job, device, checkpoint_bytes=None):
 
 def build_model_and_diffusion(job, device, checkpoint_bytes=None):
     return build_model(job, device, checkpoint_bytes), diffusion_from_config(job.diffusion)
+
+
+def build_classifier(job, device, checkpoint_bytes=None):
+    """The job's noisy-image classifier, its checkpoint loaded strictly, in eval mode on ``device``."""
+    classifier = classifier_from_configs(job.classifier, job.model)
+    try:
+        load_checkpoint_into(classifier, job.guidance.classifier_path, data=checkpoint_bytes)
+    except CheckpointError as exc:
+        text = str(exc).replace("--model_path", "--classifier_path").replace("the model flags", "the classifier flags")
+        raise CheckpointError(text) from None
+    classifier.to(device)
+    if job.classifier.classifier_use_fp16:
+        classifier.convert_to_fp16()
+    return classifier.eval()
+
+
+def _read_on_rank0(path, flag):
+    """Bytes of ``path`` on every rank (read once on rank 0) and their SHA-256 (rank 0; None elsewhere)."""
+
+    def check():
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{flag} {path}: no such file")
+
+    dist_util.on_rank0(check)
+    data = dist_util.read_file_on_rank0(path)
+    return data, (hashlib.sha256(data).hexdigest() if dist_util.get_rank() == 0 else None)
+
+
+def build_conditioning(job, device):
+    """Collective: the job's conditioning (classifier guidance or low-resolution inputs) or None, and
+    {"classifier_sha256" / "base_samples_sha256": hex} for the resume metadata (rank 0's; None elsewhere)."""
+    import io
+
+    import numpy as np
+
+    from .conditioning import ClassifierGuidance, LowResInputs
+
+    if job.guidance is not None:
+        data, sha = _read_on_rank0(job.guidance.classifier_path, "--classifier_path")
+        out = exc = None
+        try:
+            classifier = build_classifier(job, device, checkpoint_bytes=data)
+            out = ClassifierGuidance(classifier, job.guidance.classifier_scale, job.classifier.classifier_num_classes)
+        except Exception as e:
+            exc = e
+        dist_util.check_all(exc)
+        return out, {"classifier_sha256": sha}
+    if job.base is not None:
+        path = job.base.base_samples
+        data, sha = _read_on_rank0(path, "--base_samples")
+        out = exc = None
+        try:
+            try:
+                with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                    images = z["arr_0"]
+                    labels = z["arr_1"] if "arr_1" in z.files else None
+            except Exception as e:
+                raise ValueError(f"--base_samples {path}: not an npz with arr_0 ({type(e).__name__}: {e})") from None
+            small = job.super_res.small_size
+            if images.ndim < 3 or images.shape[1:3] != (small, small):
+                raise ValueError(f"--base_samples {path}: arr_0 has shape {images.shape}, expected (N, {small}, "
+                                 f"{small}, C) for --small_size {small}")
+            out = LowResInputs(images, labels, image_channels=job.model.image_channels)
+        except Exception as e:
+            exc = e
+        dist_util.check_all(exc)
+        return out, {"base_samples_sha256": sha}
+    return None, {}
 
 
 def _device_description(device):
@@ -257,6 +380,8 @@ def run_sampling(job, device=None, on_part_written=None):
         exc = e
     del data
     dist_util.check_all(exc)
+    conditioning, input_sha256 = build_conditioning(job, device)
+    with_labels = model.num_classes is not None or job.guidance is not None
 
     # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
     job_control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
@@ -264,7 +389,7 @@ def run_sampling(job, device=None, on_part_written=None):
     def prepare():
         os.makedirs(run.out_dir, exist_ok=True)
         meta = {
-            "flags": {**job.pixel_settings(), "checkpoint_sha256": checkpoint_sha256},
+            "flags": {**job.pixel_settings(), "checkpoint_sha256": checkpoint_sha256, **input_sha256},
             "info": {
                 "model_path": os.path.abspath(run.model_path),
                 "device": _device_description(device),
@@ -273,7 +398,7 @@ def run_sampling(job, device=None, on_part_written=None):
         }
         parts, warnings = sample_parts.prepare_parts_dir(
             parts_dir, meta, overwrite=run.overwrite, image_shape=(job.model.image_size, job.model.image_size, 3),
-            with_labels=model.num_classes is not None)  # kept parts are verified; bad ones are made again
+            with_labels=with_labels)  # kept parts are verified; bad ones are made again
         return sample_parts.done_intervals(parts, run.num_samples), warnings
 
     done, warnings = dist_util.on_rank0(prepare)
@@ -290,6 +415,7 @@ def run_sampling(job, device=None, on_part_written=None):
         seed=job.sampler.seed,
         sampler=sampler,
         num_classes=model.num_classes,
+        conditioning=conditioning,
     )
     already = sum(end - start for start, end in done)
     bar = None
@@ -338,12 +464,12 @@ def run_sampling(job, device=None, on_part_written=None):
         out_path,
         num_samples=run.num_samples,
         image_shape=(job.model.image_size, job.model.image_size, 3),
-        with_labels=model.num_classes is not None,
+        with_labels=with_labels,
         grid_size=run.grid_size if run.grid else 0,
     )
     print(f"wrote {out_path}", flush=True)
     meta_path = meta_path_for(out_path)
-    write_run_meta(meta_path, job, diffusion, checkpoint_sha256, device)
+    write_run_meta(meta_path, job, diffusion, checkpoint_sha256, device, extra=input_sha256)
     print(f"wrote {meta_path}", flush=True)
     if job.sampler.save_trace:
         trace_path = trace_path_for(out_path)
@@ -358,7 +484,7 @@ def run_sampling(job, device=None, on_part_written=None):
         save_grid_png(run.grid, grid)
         print(f"wrote {run.grid}", flush=True)
     if run.compare_grid:
-        write_compare_grid(job, model, diffusion, device)
+        write_compare_grid(job, model, diffusion, device, conditioning=conditioning)
         print(f"wrote {run.compare_grid}", flush=True)
     return out_path
 
@@ -375,8 +501,9 @@ def network_evaluations(sampler, num_steps):
     return num_steps if sampler.kind in ("ddim", "ddpm") else nfe(sampler.kind, num_steps, ends_clean=True)
 
 
-def write_run_meta(path, job, diffusion, checkpoint_sha256, device):
-    """JSON beside the npz: every setting, steps, NFE, the checkpoint's SHA-256, device and torch."""
+def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
+    """JSON beside the npz: every setting, steps, NFE, the checkpoint's SHA-256, device and torch
+    (``extra``: more entries, e.g. the classifier's SHA-256)."""
     import json
 
     from .io_util import write_text_atomic
@@ -393,6 +520,7 @@ def write_run_meta(path, job, diffusion, checkpoint_sha256, device):
         "checkpoint_sha256": checkpoint_sha256,
         "device": _device_description(device),
         "torch": torch.__version__,
+        **(extra or {}),
     }
     write_text_atomic(path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
@@ -423,7 +551,7 @@ def write_trace(path, job, diffusion, timesteps):
     save_npz_atomic(path, **{k: v.numpy() for k, v in arrays.items()})
 
 
-def write_compare_grid(job, model, diffusion, device):
+def write_compare_grid(job, model, diffusion, device, conditioning=None):
     """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds."""
     from .image_io import save_comparison_png
 
@@ -434,7 +562,8 @@ def write_compare_grid(job, model, diffusion, device):
     for sampler in (plain, shifted):
         batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device, sampler=sampler,
                                       shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
-                                      seed=job.sampler.seed, num_classes=model.num_classes))
+                                      seed=job.sampler.seed, num_classes=model.num_classes,
+                                      conditioning=conditioning))
         panels.append(batch.images)
     name = plain.kind.upper()
     steps = job.diffusion.timestep_respacing or "all"

@@ -191,7 +191,7 @@ def sample_loop_progressive(
                 extra = {}
                 if kind in ("s-pndm", "f-pndm"):
                     extra = _pndm_stage_arguments(diffusion, net, x_in, cur, nxt, shift, ts, num_steps,
-                                                  sampler.clip_denoised, denoised_fn, model_kwargs)
+                                                  sampler.clip_denoised, denoised_fn, model_kwargs, cond_fn)
                     nfe += solver.extra_evals(state, ends_clean=i == 0)
                 sample, state = solver.step(state, x_in, eps, x0, a_cur, a_next, is_last=i == 0,
                                             num_steps=num_steps, **extra)
@@ -208,11 +208,12 @@ def sample_loop_progressive(
 
 
 def _pndm_stage_arguments(diffusion, net, x_cur, cur, nxt, shift, ts, num_steps, clip_denoised, denoised_fn,
-                          model_kwargs):
+                          model_kwargs, cond_fn=None):
     """t_cur, t_next, eval_eps and alpha_at for the S-/F-PNDM warm-up stages (extra network calls).
 
     ``eval_eps(x, t, a)`` calls the network at float ORIGINAL timesteps ``t`` (B,) and returns eps
-    processed as the main call's (epsilon scaling through ``net``, x0 clipped, eps re-derived).
+    processed as the main call's (epsilon scaling through ``net``, x0 clipped, eps re-derived, and
+    with ``cond_fn`` the score-form guidance eps - sqrt(1 - a) * cond_fn(x, t)).
     ``t_next`` is the time of the step's target: nominal ``nxt``, or with the time shift the
     target index (rule "pndm": tau_b; the others: tau_b - T // (S - 1) - 1, below 0 = clean).
     """
@@ -234,7 +235,13 @@ def _pndm_stage_arguments(diffusion, net, x_cur, cur, nxt, shift, ts, num_steps,
             x0 = denoised_fn(x0)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-        return eps_from_x0(x, x0, a)
+        eps = eps_from_x0(x, x0, a)
+        if cond_fn is not None:
+            a_t = torch.as_tensor(a, dtype=torch.float64, device=x.device)
+            c = torch.sqrt(1 - a_t).to(x.dtype)
+            c = c.reshape((-1,) + (1,) * (x.ndim - 1)) if c.ndim else c
+            eps = eps - c * cond_fn(x, t * scale, **kwargs)
+        return eps
 
     return dict(t_cur=float(cur), t_next=t_next, eval_eps=eval_eps, alpha_at=floor_alpha_at(base))
 

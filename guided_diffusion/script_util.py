@@ -18,6 +18,7 @@ from .settings import (  # noqa: F401  (re-exported: upstream code imports these
     DiffusionConfig,
     ModelConfig,
     TimeShiftConfig,
+    ClassifierConfig,
     add_argument,
     declared,
     field_names,
@@ -216,17 +217,12 @@ def create_gaussian_diffusion(
 
 # ------------------------------------------------------------------ classifier and super-resolution
 def classifier_defaults():
-    """Upstream's noisy-image classifier defaults."""
-    return dict(
-        image_size=64,
-        classifier_use_fp16=False,
-        classifier_width=128,
-        classifier_depth=2,
-        classifier_attention_resolutions="32,16,8",
-        classifier_use_scale_shift_norm=True,
-        classifier_resblock_updown=True,
-        classifier_pool="attention",
-    )
+    """Upstream's noisy-image classifier defaults (plus ours: num_classes, channel_mult, head channels,
+    image_channels; their defaults are upstream's fixed values, so official checkpoints load)."""
+    res = dict(image_size=64)
+    res.update(dataclasses.asdict(ClassifierConfig()))
+    res["image_channels"] = 3
+    return res
 
 
 def classifier_and_diffusion_defaults():
@@ -245,31 +241,58 @@ def create_classifier(
     classifier_use_scale_shift_norm,
     classifier_resblock_updown,
     classifier_pool,
+    classifier_num_classes=NUM_CLASSES,
+    classifier_channel_mult="",
+    classifier_num_head_channels=64,
+    image_channels=3,
 ):
-    """The ``EncoderUNetModel`` classifier (1000 classes) for these flags."""
+    """The ``EncoderUNetModel`` classifier for these flags (upstream ``create_classifier``).
+
+    Upstream fixed 1000 classes, 3 input channels, the default channel_mult of ``image_size`` and 64
+    channels per head; those are the defaults of the last four arguments.
+    """
     return EncoderUNetModel(
         image_size=image_size,
-        in_channels=3,
+        in_channels=image_channels,
         model_channels=classifier_width,
-        out_channels=NUM_CLASSES,
+        out_channels=classifier_num_classes,
         num_res_blocks=classifier_depth,
         attention_resolutions=parse_attention_resolutions(classifier_attention_resolutions, image_size),
-        channel_mult=parse_channel_mult("", image_size),
+        channel_mult=parse_channel_mult(classifier_channel_mult, image_size),
         use_fp16=classifier_use_fp16,
-        num_head_channels=64,
+        num_head_channels=classifier_num_head_channels,
         use_scale_shift_norm=classifier_use_scale_shift_norm,
         resblock_updown=classifier_resblock_updown,
         pool=classifier_pool,
     )
 
 
+def classifier_from_configs(clf_cfg, model_cfg):
+    """The classifier of a :class:`ClassifierConfig` (image size and channels from a :class:`ModelConfig`)."""
+    return create_classifier(image_size=model_cfg.image_size, image_channels=model_cfg.image_channels,
+                             **dataclasses.asdict(clf_cfg))
+
+
 def create_classifier_and_diffusion(**kwargs):
-    clf_keys = set(classifier_defaults())
-    classifier = create_classifier(**{k: v for k, v in kwargs.items() if k in clf_keys})
+    """(classifier, diffusion) from upstream's flat keywords (``classifier_and_diffusion_defaults``).
+
+    Upstream's TS-DPM-ADM version crashed here (its factory wanted the time-shift arguments that
+    ``classifier_and_diffusion_defaults`` did not supply); here every key is optional (defaults:
+    ``classifier_and_diffusion_defaults()``).
+    """
+    clf_kwargs = classifier_defaults()  # missing classifier keys take their defaults too
+    clf_keys = set(clf_kwargs)
+    clf_kwargs.update({k: v for k, v in kwargs.items() if k in clf_keys})
+    classifier = create_classifier(**clf_kwargs)
     rest = {k: v for k, v in kwargs.items() if k not in clf_keys}
     _, diff_cfg, ts_cfg = configs_from_kwargs(**rest)
     diffusion = _diffusion_from_configs(diff_cfg, ts_cfg)
     return classifier, diffusion
+
+
+# Upstream's channel_mult of the super-resolution model by large_size; other sizes use
+# --channel_mult or the UNet's default for that size.
+SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 
 
 def sr_model_and_diffusion_defaults():
@@ -280,15 +303,22 @@ def sr_model_and_diffusion_defaults():
     return res
 
 
-def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
-    """(SuperResModel, diffusion) for upstream's super-resolution flags."""
-    del small_size
-    model_cfg, diff_cfg, ts_cfg = configs_from_kwargs(image_size=large_size, **kwargs)
+def sr_channel_mult(channel_mult, large_size):
+    """An explicit ``channel_mult``, else upstream's for ``large_size``, else the UNet default for it."""
+    if channel_mult:
+        return parse_channel_mult(channel_mult, large_size)
+    if large_size in SR_CHANNEL_MULT:
+        return SR_CHANNEL_MULT[large_size]
+    return parse_channel_mult("", large_size)
+
+
+def create_sr_model(large_size, small_size, model_cfg):
+    """The ``SuperResModel`` for ``large_size`` from a :class:`ModelConfig` (its image_size is ignored)."""
+    if small_size >= large_size:
+        raise ValueError(f"--small_size ({small_size}) must be smaller than --large_size ({large_size})")
     mk = dataclasses.asdict(model_cfg)
-    channels = mk.pop("image_channels")
-    if large_size not in (64, 256, 512):
-        raise ValueError(f"unsupported large_size {large_size}: use 64, 256 or 512")
-    model = SuperResModel(
+    channels = mk["image_channels"]
+    return SuperResModel(
         image_size=large_size,
         in_channels=channels,
         model_channels=mk["num_channels"],
@@ -296,7 +326,7 @@ def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
         num_res_blocks=mk["num_res_blocks"],
         attention_resolutions=parse_attention_resolutions(mk["attention_resolutions"], large_size),
         dropout=mk["dropout"],
-        channel_mult=(1, 2, 3, 4) if large_size == 64 else (1, 1, 2, 2, 4, 4),
+        channel_mult=sr_channel_mult(mk["channel_mult"], large_size),
         num_classes=NUM_CLASSES if mk["class_cond"] else None,
         use_checkpoint=mk["use_checkpoint"],
         num_heads=mk["num_heads"],
@@ -305,7 +335,18 @@ def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
         use_scale_shift_norm=mk["use_scale_shift_norm"],
         resblock_updown=mk["resblock_updown"],
         use_fp16=mk["use_fp16"],
+        use_new_attention_order=mk["use_new_attention_order"],
     )
+
+
+def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
+    """(SuperResModel, diffusion) for upstream's super-resolution flags.
+
+    As upstream, channel_mult follows ``large_size`` (64: 1,2,3,4; 256 and 512: 1,1,2,2,4,4); ours
+    also take ``channel_mult``, ``use_new_attention_order`` and ``image_channels`` and other sizes.
+    """
+    model_cfg, diff_cfg, ts_cfg = configs_from_kwargs(image_size=large_size, **kwargs)
+    model = create_sr_model(large_size, small_size, model_cfg)
     diffusion = _diffusion_from_configs(diff_cfg, ts_cfg)
     return model, diffusion
 

@@ -15,7 +15,10 @@ Adding a sampler option is one field in :class:`SamplerConfig` (and its use wher
 Groups: :class:`ModelConfig` (UNet), :class:`DiffusionConfig` (the process), :class:`TimeShiftConfig`
 (TS-DPM's flags), :class:`SamplerConfig` (how the reverse process is walked), :class:`FastPathConfig`
 (kernels that change rounding), :class:`RunConfig` (the sampling command: files, batching),
-:class:`TrainConfig` (``image_train.py``).
+:class:`TrainConfig` (``image_train.py``), :class:`ClassifierConfig` (the noisy-image classifier),
+:class:`GuidanceConfig` (``classifier_sample.py``), :class:`SuperResConfig` and :class:`BaseSamplesConfig`
+(super-resolution), :class:`ClassifierTrainConfig` (``classifier_train.py``), :class:`NllConfig`
+(``image_nll.py``).
 """
 
 import argparse
@@ -250,6 +253,114 @@ class TrainConfig:
     random_flip: bool = setting(True, "random horizontal flips of training images")
 
 
+def positive_int(v):
+    value = nonneg_int(v)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+CLASSIFIER_POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
+
+
+@dataclass
+class ClassifierConfig:
+    """The noisy-image classifier (``EncoderUNetModel``; upstream's ``classifier_*`` flag names).
+
+    It shares ``image_size`` and ``image_channels`` with the diffusion model (:class:`ModelConfig`).
+    The last three are ours, with upstream's fixed values as defaults, so official checkpoints load.
+    """
+
+    classifier_use_fp16: bool = setting(False, "run the classifier trunk in float16 (upstream semantics)")
+    classifier_width: int = setting(128, "base channel width of the classifier")
+    classifier_depth: int = setting(2, "residual blocks per resolution level of the classifier")
+    classifier_attention_resolutions: str = setting(
+        "32,16,8", "comma list of feature-map sizes with attention in the classifier ('' = none)")
+    classifier_use_scale_shift_norm: bool = setting(True, "FiLM-style scale-shift conditioning in the classifier")
+    classifier_resblock_updown: bool = setting(True, "residual blocks for downsampling in the classifier")
+    classifier_pool: str = setting("attention", "classifier head: pooling of the last feature map",
+                                   choices=CLASSIFIER_POOLS)
+    classifier_num_classes: int = setting(1000, "number of classes of the classifier (1000: ImageNet; e.g. 10 for "
+                                          "Fashion-MNIST)", parse=positive_int)
+    classifier_channel_mult: str = setting("", "comma list of channel multipliers of the classifier ('' = "
+                                           "upstream's default for image_size)")
+    classifier_num_head_channels: int = setting(64, "channels per attention head of the classifier (upstream: 64)",
+                                                parse=positive_int)
+
+
+@dataclass
+class GuidanceConfig:
+    """Classifier guidance of a sampling run (``scripts/classifier_sample.py``)."""
+
+    classifier_path: str = setting("", "noisy-image classifier checkpoint (.pt state_dict) used for guidance; its "
+                                   "SHA-256 is part of the resume metadata", pixel=False)
+    classifier_scale: float = setting(1.0, "guidance scale s: the gradient of log p(y | x_t, t) is multiplied by s "
+                                      "(0 = unguided, but labels are still drawn)", parse=finite_float)
+
+
+@dataclass
+class SuperResConfig:
+    """Super-resolution (``SuperResModel``: the UNet also sees the upsampled low-resolution image)."""
+
+    large_size: int = setting(256, "output (high) resolution of the super-resolution model", parse=positive_int)
+    small_size: int = setting(64, "input (low) resolution of the super-resolution model", parse=positive_int)
+
+
+@dataclass
+class BaseSamplesConfig:
+    """``scripts/super_res_sample.py``: the low-resolution images to upsample."""
+
+    base_samples: str = setting("", "npz with arr_0 uint8 (N, small_size, small_size, C) low-resolution images "
+                                "(arr_1 labels for class-conditional models); sample k upsamples image k mod N. Its "
+                                "SHA-256 is part of the resume metadata", pixel=False)
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """``scripts/classifier_train.py`` (upstream's flags plus out_dir, max_steps, seed, random_flip)."""
+
+    data_dir: str = setting("", "labelled training images: a folder (class = file-name prefix before '_') or an "
+                            ".npz with arr_0 uint8 NHWC and arr_1 labels")
+    val_data_dir: str = setting("", "held-out labelled images (same formats); one batch is evaluated every "
+                                "--eval_interval steps ('' = none)")
+    noised: bool = setting(True, "train on noised images x_t at random timesteps t (False: clean images, t = 0)")
+    iterations: int = setting(150000, "training steps in total (lr annealing runs over these)", parse=nonneg_int)
+    lr: float = setting(3e-4, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    anneal_lr: bool = setting(False, "decay the lr linearly to 0 over --iterations")
+    batch_size: int = setting(4, "images per step per process (global batch = batch_size * processes)")
+    microbatch: int = setting(-1, "split each batch into chunks of this size and accumulate gradients (-1: no split)")
+    schedule_sampler: str = setting("uniform", "timestep sampler of the noised inputs", choices=SCHEDULE_SAMPLERS)
+    resume_checkpoint: str = setting("", "model<step>.pt to resume from (opt<step>.pt beside it); another file "
+                                     "name loads the weights and starts at step 0")
+    log_interval: int = setting(10, "steps between log lines / progress.csv rows")
+    eval_interval: int = setting(5, "steps between held-out evaluation batches (with --val_data_dir)")
+    save_interval: int = setting(10000, "steps between checkpoints (the final step is always saved; 0: final only)")
+    out_dir: str = setting("classifier_out", "directory for model<step>.pt, opt<step>.pt, args.json, log.txt and "
+                           "progress.csv")
+    max_steps: int = setting(0, "stop after this many steps in total, without changing the lr schedule (0: no limit)")
+    seed: int = setting(0, "seed of the initialisation, data order, flips, timesteps and noise")
+    random_flip: bool = setting(True, "random horizontal flips of training images")
+
+
+@dataclass
+class NllConfig:
+    """``scripts/image_nll.py``: bits/dim of a data set under a diffusion model's variational bound."""
+
+    data_dir: str = setting("", "images to evaluate: a folder (sorted, recursive) or an .npz with arr_0 uint8 NHWC "
+                            "(arr_1 labels for class-conditional models)")
+    model_path: str = setting("", "diffusion model checkpoint (.pt state_dict)", pixel=False)
+    num_samples: int = setting(1000, "evaluate the first N images (fewer if the data set is smaller)",
+                               parse=positive_int, pixel=False)
+    batch_size: int = setting(1, "images per forward pass (per process)", parse=positive_int, pixel=False)
+    clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] in every VB term")
+    seed: int = setting(0, "seed: the noise of image k at timestep t depends only on (seed, k, t)")
+    out_dir: str = setting(".", "output folder (created if missing) for bpd.npz, bpd.json and the *_terms.npz",
+                           pixel=False)
+    overwrite: bool = setting(False, "discard finished parts in OUT.parts/ and start over", pixel=False)
+    progress: bool = setting(True, "print one line per round with the running mean bits/dim", pixel=False)
+
+
 SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)
 MODEL_DIFFUSION_GROUPS = (ModelConfig, DiffusionConfig, TimeShiftConfig)
 
@@ -316,10 +427,13 @@ def add_argument(parser, name, default, f=None, help=None):
     )
 
 
-def add_settings(parser, *classes, skip=()):
-    """Add one flag per declared setting of ``classes`` (a name shared by two classes once)."""
+def add_settings(parser, *classes, skip=(), only=None):
+    """Add one flag per declared setting of ``classes`` (a name shared by two classes once).
+
+    ``skip``: names to leave out; ``only``: if given, the names to add (others left out).
+    """
     for name, f in declared(*classes).items():
-        if name not in skip:
+        if name not in skip and (only is None or name in only):
             add_argument(parser, name, f.default, f)
     return parser
 

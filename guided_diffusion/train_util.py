@@ -44,7 +44,7 @@ from .fp16_util import MixedPrecisionTrainer
 from .io_util import derive_seed
 from .io_util import torch_save_atomic as save_atomic
 from .nn import update_ema
-from .resample import LossAwareSampler, UniformSampler
+from .resample import SCHEDULE_SAMPLERS, LossAwareSampler, UniformSampler
 
 __all__ = [
     "TrainLoop",
@@ -54,6 +54,7 @@ __all__ = [
     "ema_rate_at",
     "checkpoint_paths",
     "save_atomic",
+    "validate_train_args",
 ]
 
 
@@ -395,6 +396,26 @@ class TrainLoop:
             logger.log(f"saved {paths['model']} (+ opt, {len(self.ema_rate)} ema)")
         self._last_saved = self.step
         dist_util.barrier()
+
+
+def validate_train_args(args):
+    """One-line errors for the TrainConfig flags of image_train.py / super_res_train.py (an argparse namespace)."""
+    if not args.data_dir:
+        raise ValueError("--data_dir is empty: pass a folder of images or an .npz file")
+    if args.schedule_sampler not in SCHEDULE_SAMPLERS:
+        raise ValueError(f"--schedule_sampler {args.schedule_sampler!r}: use {' or '.join(SCHEDULE_SAMPLERS)}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.microbatch == 0 or args.microbatch < -1:
+        raise ValueError(f"--microbatch must be -1 (no split) or >= 1, got {args.microbatch}")
+    if args.log_interval < 1:
+        raise ValueError(f"--log_interval must be >= 1, got {args.log_interval}")
+    for name in ("save_interval", "lr_anneal_steps", "max_steps"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
+        raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
+    parse_ema_rates(args.ema_rate)
 
 
 def log_loss_dict(diffusion, ts, losses):

@@ -110,9 +110,12 @@ class TrainingLossesMixin:
         qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
         return mean_flat(normal_kl(qt_mean, qt_log_variance, 0.0, 0.0)) / math.log(2.0)
 
-    def calc_bpd_loop(self, model, x_start, clip_denoised=True, model_kwargs=None):
+    def calc_bpd_loop(self, model, x_start, clip_denoised=True, model_kwargs=None, noise_fn=None):
         """The whole variational bound in bits/dim, plus per-step terms.
 
+        :param noise_fn: optional ``noise_fn(i, like) -> (B, C, H, W)`` standard normals for the
+            forward sample at respaced step i (default ``torch.randn_like``; per-sample seeds in
+            ``scripts/image_nll.py``).
         :return: dict with "total_bpd" (B,), "prior_bpd" (B,), "vb" (B, S), "xstart_mse" (B, S),
             "mse" (B, S) (eps error); columns in decreasing t, as upstream.
         """
@@ -120,7 +123,7 @@ class TrainingLossesMixin:
         vb, xstart_mse, mse = [], [], []
         for i in reversed(range(self.num_timesteps)):
             t_batch = torch.full((batch,), i, device=x_start.device, dtype=torch.long)
-            noise = torch.randn_like(x_start)
+            noise = torch.randn_like(x_start) if noise_fn is None else noise_fn(i, x_start)
             x_t = self.q_sample(x_start, t_batch, noise=noise)
             with torch.no_grad():
                 out = self._vb_terms_bpd(model, x_start, x_t, t_batch, clip_denoised, model_kwargs)

@@ -29,10 +29,10 @@ import torch
 from guided_diffusion import dist_util, job_control, logger
 from guided_diffusion.image_datasets import ImageDataset, StepBatcher
 from guided_diffusion.io_util import run_cli, write_text_atomic
-from guided_diffusion.resample import SCHEDULE_SAMPLERS, create_named_schedule_sampler
+from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import args_to_dict, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.settings import MODEL_DIFFUSION_GROUPS, TrainConfig, add_settings
-from guided_diffusion.train_util import TrainLoop, checkpoint_paths, parse_ema_rates
+from guided_diffusion.train_util import TrainLoop, checkpoint_paths, validate_train_args
 
 
 def create_argparser():
@@ -45,22 +45,7 @@ def create_argparser():
 
 
 def validate_args(args):
-    if not args.data_dir:
-        raise ValueError("--data_dir is empty: pass a folder of images or an .npz file")
-    if args.schedule_sampler not in SCHEDULE_SAMPLERS:
-        raise ValueError(f"--schedule_sampler {args.schedule_sampler!r}: use {' or '.join(SCHEDULE_SAMPLERS)}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.microbatch == 0 or args.microbatch < -1:
-        raise ValueError(f"--microbatch must be -1 (no split) or >= 1, got {args.microbatch}")
-    if args.log_interval < 1:
-        raise ValueError(f"--log_interval must be >= 1, got {args.log_interval}")
-    for name in ("save_interval", "lr_anneal_steps", "max_steps"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
-        raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
-    parse_ema_rates(args.ema_rate)
+    validate_train_args(args)
 
 
 def main(argv=None):

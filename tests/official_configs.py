@@ -32,3 +32,22 @@ OFFICIAL_CONFIGS = {
                                  channel_mult="1,2,2", num_heads=4, num_heads_upsample=2,
                                  use_scale_shift_norm=False, resblock_updown=False, learn_sigma=False),
 }
+
+# Official noisy-image classifiers (guided-diffusion README "CLASSIFIER_FLAGS"; the ADM paper's table 12
+# gives depth 4 at 64x64). Built with create_classifier (1000 classes, 3 channels, 64 channels per head).
+_CLASSIFIER_COMMON = dict(classifier_attention_resolutions="32,16,8", classifier_width=128, classifier_pool="attention",
+                          classifier_resblock_updown=True, classifier_use_scale_shift_norm=True,
+                          classifier_use_fp16=True)
+OFFICIAL_CLASSIFIER_CONFIGS = {
+    "imagenet64_classifier": dict(image_size=64, classifier_depth=4, **_CLASSIFIER_COMMON),
+    "imagenet128_classifier": dict(image_size=128, classifier_depth=2, **_CLASSIFIER_COMMON),
+    "imagenet256_classifier": dict(image_size=256, classifier_depth=2, **_CLASSIFIER_COMMON),
+}
+
+# Official 64 -> 256 upsampler (guided-diffusion README "Upsampling"); sr_create_model_and_diffusion flags.
+OFFICIAL_UPSAMPLER_CONFIGS = {
+    "upsampler_64_256": dict(large_size=256, small_size=64, attention_resolutions="32,16,8", class_cond=True,
+                             diffusion_steps=1000, learn_sigma=True, noise_schedule="linear", num_channels=192,
+                             num_heads=4, num_res_blocks=2, resblock_updown=True, use_fp16=True,
+                             use_scale_shift_norm=True),
+}

@@ -7,7 +7,8 @@ import pytest
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guided_diffusion")
 MATH_MODULES = ["schedules", "gaussian_diffusion", "training_losses", "respace", "time_shift", "sampling", "unet",
-                "nn", "losses", "generate", "image_datasets", "script_util", "corrections", "solvers", "settings"]
+                "nn", "losses", "generate", "image_datasets", "script_util", "corrections", "solvers", "settings",
+                "conditioning"]
 FORBIDDEN = {"mpi4py", "torch.distributed", "guided_diffusion.dist_util", "dist_util", "argparse_never"}
 
 

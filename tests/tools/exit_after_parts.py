@@ -1,4 +1,4 @@
-"""Test tool: run a sampling script, exiting hard (os._exit, like kill -9) after N part files.
+"""Test tool: run a sampling (or bits/dim) script, exiting hard (os._exit, like kill -9) after N part files.
 
     python tests/tools/exit_after_parts.py N scripts/image_sample.py <flags>
 """
@@ -7,13 +7,11 @@ import os
 import runpy
 import sys
 
-from guided_diffusion import sample_parts
+from guided_diffusion import nll_run, sample_parts
 
 
-def main():
-    limit, script, rest = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    original = sample_parts.write_part
-    written = [0]
+def _exit_after(module, limit, written):
+    original = module.write_part
 
     def write_part(*args, **kwargs):
         path = original(*args, **kwargs)
@@ -22,7 +20,14 @@ def main():
             os._exit(137)
         return path
 
-    sample_parts.write_part = write_part
+    module.write_part = write_part
+
+
+def main():
+    limit, script, rest = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    written = [0]
+    _exit_after(sample_parts, limit, written)  # image_sample.py, classifier_sample.py, super_res_sample.py
+    _exit_after(nll_run, limit, written)  # image_nll.py
     sys.argv = [script] + rest
     runpy.run_path(script, run_name="__main__")
 

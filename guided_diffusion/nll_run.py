@@ -1,0 +1,270 @@
+"""Bits/dim of a data set under a diffusion model's variational bound (``scripts/image_nll.py``).
+
+Upstream's ``calc_bpd_loop`` semantics, per image x_0 (Ho et al. 2020 eq. 5, in bits per dimension):
+
+    total_bpd = prior_bpd + sum over all S steps t of vb_t,
+    prior_bpd = KL(q(x_T | x_0) || N(0, I)),
+    vb_t      = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 0, the discretised decoder NLL
+                at t = 0, with x_t = q_sample(x_0, t, noise_t),
+
+and the per-step diagnostics ``mse`` (eps error) and ``xstart_mse``. ``noise_t`` of image k depends
+only on (seed, k, t) (:class:`~guided_diffusion.generate.SampleNoise`, stream t + 1), so the result
+does not depend on the process count or interruptions (the same bytes for the same batch size; across
+batch sizes the network's batched convolutions may round differently, ~1e-6 bits/dim).
+
+A run over W processes: image k (k < num_samples, in data-set order) is in batch k // batch_size;
+batch j goes to rank j % W; ranks work in rounds and after each round sum (bits/dim, images,
+failures, stop signals) with one all_reduce, so rank 0 prints the running mean over every rank and
+a failure or a SIGTERM/SIGINT on any rank stops all of them at the same round. Each finished batch
+is a part file ``OUT_DIR/bpd.npz.parts/part_{start}_{end}.npz`` (atomic); a rerun of the same
+command skips them (changed settings or checkpoint are refused, ``--overwrite True`` starts over).
+At the end rank 0 reads the parts and writes, atomically:
+
+* ``bpd.npz``: ``total_bpd`` and ``prior_bpd`` (N,) float64 per image, ``indices`` (N,);
+* ``vb_terms.npz``, ``mse_terms.npz``, ``xstart_mse_terms.npz``: ``arr_0`` (S,) the mean over images
+  of each per-step term, columns in decreasing t (upstream's files);
+* ``bpd.json``: the mean bits/dim, its standard error, the mean prior term, N, S and the settings.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import dist_util, job_control, sample_parts
+from .checkpoint import CheckpointError, load_checkpoint_into
+from .generate import SampleNoise
+from .image_datasets import ImageDataset
+from .io_util import save_npz_atomic, write_text_atomic
+from .script_util import create_model, diffusion_from_config
+from .settings import pixel_settings
+
+TERMS = ("vb", "mse", "xstart_mse")
+OUT_NAME = "bpd.npz"
+
+
+class NllJob:
+    """The settings of one bits/dim run: an NllConfig, a ModelConfig and a DiffusionConfig."""
+
+    def __init__(self, nll, model, diffusion):
+        self.nll, self.model, self.diffusion = nll, model, diffusion
+
+    def out_path(self):
+        return os.path.join(self.nll.out_dir, OUT_NAME)
+
+    def flags(self):
+        return {**dataclasses.asdict(self.nll), **dataclasses.asdict(self.model), **dataclasses.asdict(self.diffusion)}
+
+    def validate(self):
+        if not self.nll.data_dir:
+            raise ValueError("--data_dir is empty: pass a folder of images or an .npz with arr_0")
+        if not self.nll.model_path:
+            raise CheckpointError("--model_path is empty: pass the diffusion model checkpoint")
+
+
+def bpd_terms(model, diffusion, x, indices, *, seed, clip_denoised=True, model_kwargs=None):
+    """``calc_bpd_loop`` for images with global ``indices`` (B,), noise from (seed, index, t)."""
+    noise = SampleNoise(seed)
+    shape = tuple(x.shape[1:])
+    idx = indices.to(x.device)
+    return diffusion.calc_bpd_loop(model, x, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                                   noise_fn=lambda i, like: noise.normal(idx, i + 1, shape).to(like.device))
+
+
+def write_part(parts_dir, start, out):
+    """One finished batch (images start..) as a part file, atomically; returns its path."""
+    arrays = {k: out[k].detach().cpu().numpy().astype(np.float64 if k.endswith("bpd") else np.float32)
+              for k in ("total_bpd", "prior_bpd") + TERMS}
+    path = os.path.join(parts_dir, sample_parts.part_name(start, start + arrays["total_bpd"].shape[0]))
+    save_npz_atomic(path, **arrays)
+    return path
+
+
+def _read_part(path, n, steps):
+    """The arrays of one part, checked: (n,) total/prior bpd and (n, steps) terms."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("total_bpd", "prior_bpd") + TERMS}
+    except Exception as exc:
+        raise sample_parts.BadPartError(f"{path}: unreadable ({type(exc).__name__})") from None
+    for k, v in arrays.items():
+        want = (n,) if k.endswith("bpd") else (n, steps)
+        if v.shape != want or not np.isfinite(v).all():
+            raise sample_parts.BadPartError(f"{path}: {k} has shape {v.shape} (expected {want}) or is not finite")
+    return arrays
+
+
+def _say(text):
+    sys.stderr.write(text + "\n")
+
+
+@job_control.sampling_job  # output lock and SIGTERM/SIGINT at a round boundary, as for sampling
+def run_nll(job, device=None):
+    """Compute bits/dim of the first ``num_samples`` images over all ranks; rank 0 writes the outputs.
+
+    Returns the summary dict on rank 0, None on the others.
+    """
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    device = dist_util.dev() if device is None else torch.device(device)
+    cfg = job.nll
+    exc = None
+    dataset = None
+    try:
+        job.validate()
+        dataset = ImageDataset(cfg.data_dir, job.model.image_size, class_cond=job.model.class_cond,
+                               image_channels=job.model.image_channels)
+    except Exception as e:
+        exc = e
+    dist_util.check_all(exc)
+    num = min(cfg.num_samples, len(dataset))
+
+    def check_path():
+        if not os.path.isfile(cfg.model_path):
+            raise CheckpointError(f"--model_path {cfg.model_path}: no such file")
+
+    dist_util.on_rank0(check_path)
+    data = dist_util.read_file_on_rank0(cfg.model_path)
+    sha = hashlib.sha256(data).hexdigest() if rank == 0 else None
+    model = diffusion = None
+    try:
+        model = create_model(**dataclasses.asdict(job.model))
+        load_checkpoint_into(model, cfg.model_path, data=data)
+        model.to(device)
+        if job.model.use_fp16:
+            model.convert_to_fp16()
+        model.eval()
+        diffusion = diffusion_from_config(job.diffusion)
+    except Exception as e:
+        exc = e
+    del data
+    dist_util.check_all(exc)
+    steps = diffusion.num_timesteps
+
+    out_path = job.out_path()
+    parts_dir = sample_parts.parts_dir_for(out_path)
+    job_control.current().lock_output(out_path)
+
+    def prepare():
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        flags = pixel_settings(job.nll, job.model, job.diffusion)
+        meta = {"flags": {**flags, "checkpoint_sha256": sha},
+                "info": {"model_path": os.path.abspath(cfg.model_path), "data_dir": os.path.abspath(cfg.data_dir),
+                         "device": str(device), "torch": torch.__version__}}
+        parts, warnings = sample_parts.prepare_parts_dir(parts_dir, meta, overwrite=cfg.overwrite)
+        good, total, count = [], 0.0, 0
+        for start, end, name in parts:
+            path = os.path.join(parts_dir, name)
+            try:
+                arrays = _read_part(path, end - start, steps)
+            except sample_parts.BadPartError as e:
+                os.remove(path)
+                warnings.append(f"{e}: deleted; its images are evaluated again")
+                continue
+            good.append((start, end, name))
+            keep = slice(0, max(0, min(end, num) - start))
+            total += float(arrays["total_bpd"][keep].sum())
+            count += len(arrays["total_bpd"][keep])
+        return sample_parts.done_intervals(good, num), warnings, total, count
+
+    done, warnings, bpd_sum, bpd_count = dist_util.on_rank0(prepare)
+    if rank == 0:
+        for line in warnings:
+            _say(f"warning: {line}")
+    batches = sample_parts.plan_batches(done, num, cfg.batch_size)
+    mine = batches[rank::world]
+    rounds = math.ceil(len(batches) / world)
+    started = time.time()
+    for r in range(rounds):
+        exc, local_sum, local_count = None, 0.0, 0
+        if r < len(mine):
+            start, end = mine[r]
+            try:
+                x, cond = dataset.get_batch(range(start, end))
+                x = x.to(device)
+                kwargs = {k: v.to(device) for k, v in cond.items()}
+                out = bpd_terms(model, diffusion, x, torch.arange(start, end), seed=cfg.seed,
+                                clip_denoised=cfg.clip_denoised, model_kwargs=kwargs)
+                if not bool(torch.isfinite(out["total_bpd"]).all()):
+                    bad = start + int((~torch.isfinite(out["total_bpd"])).nonzero()[0, 0])
+                    raise ValueError(f"image {bad}: bits/dim is not finite (NaN/inf); nothing was written for "
+                                     f"its batch")
+                write_part(parts_dir, start, out)
+                local_sum, local_count = float(out["total_bpd"].double().sum()), end - start
+            except Exception as e:
+                exc = e
+        signals = job_control.current().signal_counts()
+        totals = dist_util.all_reduce_sum(torch.tensor([local_sum, local_count, exc is not None, *signals],
+                                                       dtype=torch.float64))
+        bpd_sum += float(totals[0])
+        bpd_count += int(totals[1])
+        if int(totals[2]):
+            dist_util.check_all(exc)
+        if rank == 0 and cfg.progress and bpd_count:
+            _say(f"done {bpd_count} of {num} images: bpd={bpd_sum / bpd_count:.6f} "
+                 f"({time.time() - started:.0f} s)")
+        job_control.current().stop_if_requested([int(v) for v in totals[3:].tolist()], done=bpd_count,
+                                                num_samples=num, parts_dir=parts_dir)
+    if rank != 0:
+        return None
+    return _finish(job, parts_dir, num, steps, sha)
+
+
+def _finish(job, parts_dir, num, steps, sha):
+    """Rank 0: read the parts in index order and write bpd.npz, the *_terms.npz and bpd.json."""
+    cfg = job.nll
+    cols = {k: [] for k in ("total_bpd", "prior_bpd")}
+    sums = {k: np.zeros(steps, dtype=np.float64) for k in TERMS}
+    cursor = 0
+    for start, end, name in sample_parts.list_parts(parts_dir):
+        if end <= cursor or start >= num:
+            continue
+        arrays = _read_part(os.path.join(parts_dir, name), end - start, steps)
+        lo, hi = cursor - start, min(end, num) - start
+        for k in cols:
+            cols[k].append(arrays[k][lo:hi].astype(np.float64))
+        for k in TERMS:
+            sums[k] += arrays[k][lo:hi].astype(np.float64).sum(axis=0)
+        cursor = start + hi
+    if cursor < num:
+        raise ValueError(f"{parts_dir}: images {cursor}.. are missing; rerun the same command to evaluate them")
+    total = np.concatenate(cols["total_bpd"])
+    prior = np.concatenate(cols["prior_bpd"])
+    out_dir = cfg.out_dir
+    save_npz_atomic(os.path.join(out_dir, OUT_NAME), total_bpd=total, prior_bpd=prior,
+                    indices=np.arange(num, dtype=np.int64))
+    for k in TERMS:
+        save_npz_atomic(os.path.join(out_dir, f"{k}_terms.npz"), sums[k] / num)
+    summary = {
+        "bpd": float(total.mean()),
+        "bpd_stderr": float(total.std(ddof=1) / math.sqrt(num)) if num > 1 else None,
+        "prior_bpd": float(prior.mean()),
+        "num_images": int(num),
+        "steps": int(steps),
+        "checkpoint_sha256": sha,
+        "settings": job.flags(),
+        "torch": torch.__version__,
+    }
+    write_text_atomic(os.path.join(out_dir, "bpd.json"), json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    sample_parts.remove_parts(parts_dir)
+    stderr = f" +- {summary['bpd_stderr']:.6f}" if summary["bpd_stderr"] is not None else ""
+    print(f"bits/dim {summary['bpd']:.6f}{stderr} over {num} images ({steps} VB terms + prior "
+          f"{summary['prior_bpd']:.6f})", flush=True)
+    for name in (OUT_NAME, "vb_terms.npz", "mse_terms.npz", "xstart_mse_terms.npz", "bpd.json"):
+        print(f"wrote {os.path.join(out_dir, name)}", flush=True)
+    return summary
+
+
+def read_bpd(out_dir):
+    """(summary dict, bpd.npz arrays) of a finished run."""
+    with open(os.path.join(out_dir, "bpd.json")) as f:
+        summary = json.load(f)
+    with np.load(os.path.join(out_dir, OUT_NAME)) as z:
+        arrays = {k: z[k] for k in z.files}
+    return summary, arrays
+
