@@ -197,7 +197,8 @@ def cell_job(base_job, cell, args):
     else:
         respacing = f"ddim{cell['steps']}" if args.respacing == "ddim" else str(cell["steps"])
     return base_job.with_flags(
-        use_ddim=p["solver"] != "ddpm", solver=p["solver"], do_time_shift=p["ts"], ts_rule=p["rule"],
+        use_ddim=p["solver"] != "ddpm", solver="" if p["solver"] in ("ddim", "ddpm") else p["solver"],
+        do_time_shift=p["ts"], ts_rule=p["rule"],
         window=cell["window"], cutoff=cell["cutoff"], timestep_respacing=respacing,
         out_dir=os.path.join(args.table_dir, "cells", cell["key"]), data_type="table", model_type=cell["sampler"],
         grid="", compare_grid="", **cell["corrections"],
