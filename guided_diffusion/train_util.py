@@ -428,3 +428,65 @@ def log_loss_dict(diffusion, ts, losses):
             logger.logkv_mean(key, v)
         for t, v in zip(ts_list, vals):
             logger.logkv_mean(f"{key}_q{int(4 * t / num)}", v)
+
+
+# ------------------------------------------------------------------ the shared frame of the training scripts
+def begin_run(args):
+    """Set up processes and the log of a training script; write ``out_dir/args.json`` (rank 0).
+
+    :return: ``dist_util.info()`` (rank, world size, ...).
+    """
+    import json
+
+    from .io_util import write_text_atomic
+
+    info = dist_util.setup_dist()
+    logger.configure(args.out_dir, rank=info.rank)
+    if info.rank == 0:
+        write_text_atomic(os.path.join(args.out_dir, "args.json"), json.dumps(vars(args), indent=1, sort_keys=True))
+    logger.log(f"{info.world_size} process(es), device {dist_util.dev()}")
+    return info
+
+
+def diffusion_train_loop_kwargs(args, diffusion, info):
+    """The :class:`TrainLoop` keywords that ``image_train.py`` and ``super_res_train.py`` take from their flags."""
+    from .resample import create_named_schedule_sampler
+
+    return dict(
+        batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr, ema_rate=args.ema_rate,
+        ema_warmup=args.ema_warmup, log_interval=args.log_interval, save_interval=args.save_interval,
+        resume_checkpoint=args.resume_checkpoint, use_fp16=args.use_fp16, fp16_scale_growth=args.fp16_scale_growth,
+        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
+        weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, max_steps=args.max_steps,
+        out_dir=args.out_dir, seed=args.seed, rank=info.rank, world_size=info.world_size,
+    )
+
+
+def finish_run(loop, world_size, ema_rates=None):
+    """Run ``loop`` until done or a SIGTERM/SIGINT on any rank, then close the log and the processes.
+
+    On a signal the loop saves a checkpoint after the current step; this prints the command that
+    resumes from it and exits 128 + signal (:func:`guided_diffusion.job_control.preempt`).
+    """
+    from . import job_control
+
+    logger.log(f"training from step {loop.step}")
+    with job_control.StopSignals(what="saving a checkpoint after this step") as signals:
+        loop.run_loop(should_stop=lambda: job_control.stop_requested_anywhere(signals))
+    if loop.stopped_by:
+        rates = loop.ema_rate if ema_rates is None else ema_rates
+        model_path = checkpoint_paths(loop.out_dir, loop.step, rates)["model"]
+        saved = "opt, ema" if rates else "opt"
+        message = (f"stopped by {loop.stopped_by.name} at step {loop.step}: saved {model_path} (+ {saved}); "
+                   f"resume with: {job_control.resume_command(world_size, {'--resume_checkpoint': model_path})}")
+        logger.log(message)
+        logger.close()
+        try:
+            job_control.preempt(loop.stopped_by, message)
+        finally:
+            dist_util.cleanup()
+    logger.log(f"done at step {loop.step}")
+    logger.close()
+    dist_util.barrier()
+    dist_util.cleanup()
+    return loop

@@ -27,15 +27,14 @@ SIGTERM / SIGINT: the step in progress is finished and saved, the resume command
 """
 
 import argparse
-import json
 import os
 
 import torch
 
-from guided_diffusion import dist_util, job_control, logger
+from guided_diffusion import dist_util, logger
 from guided_diffusion.classifier_train_util import ClassifierTrainLoop
 from guided_diffusion.image_datasets import ImageDataset, StepBatcher
-from guided_diffusion.io_util import run_cli, write_text_atomic
+from guided_diffusion.io_util import run_cli
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import create_classifier_and_diffusion
 from guided_diffusion.settings import (
@@ -48,7 +47,7 @@ from guided_diffusion.settings import (
     add_settings,
     field_names,
 )
-from guided_diffusion.train_util import checkpoint_paths
+from guided_diffusion.train_util import begin_run, finish_run
 
 SHARED_MODEL_FLAGS = ("image_size", "image_channels")  # shared with the diffusion model
 
@@ -104,11 +103,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)  # the same initialisation on every rank (rank 0's is broadcast too)
     model, diffusion = create_classifier_and_diffusion(**classifier_and_diffusion_kwargs(args))
 
-    info = dist_util.setup_dist()
-    logger.configure(args.out_dir, rank=info.rank)
-    if info.rank == 0:
-        write_text_atomic(os.path.join(args.out_dir, "args.json"), json.dumps(vars(args), indent=1, sort_keys=True))
-    logger.log(f"{info.world_size} process(es), device {dist_util.dev()}")
+    info = begin_run(args)
     model.to(dist_util.dev())
     logger.log(f"classifier: {sum(p.numel() for p in model.parameters()):,} parameters, "
                f"{args.classifier_num_classes} classes")
@@ -145,24 +140,7 @@ def main(argv=None):
         val_data=val_data,
         eval_interval=args.eval_interval,
     )
-    logger.log(f"training from step {loop.step}")
-    with job_control.StopSignals(what="saving a checkpoint after this step") as signals:
-        loop.run_loop(should_stop=lambda: job_control.stop_requested_anywhere(signals))
-    if loop.stopped_by:
-        model_path = checkpoint_paths(loop.out_dir, loop.step, [])["model"]
-        message = (f"stopped by {loop.stopped_by.name} at step {loop.step}: saved {model_path} (+ opt); "
-                   f"resume with: {job_control.resume_command(info.world_size, {'--resume_checkpoint': model_path})}")
-        logger.log(message)
-        logger.close()
-        try:
-            job_control.preempt(loop.stopped_by, message)
-        finally:
-            dist_util.cleanup()
-    logger.log(f"done at step {loop.step}")
-    logger.close()
-    dist_util.barrier()
-    dist_util.cleanup()
-    return loop
+    return finish_run(loop, info.world_size, ema_rates=[])
 
 
 if __name__ == "__main__":

@@ -16,15 +16,12 @@ scripts/super_res_sample.py --base_samples LOWRES.npz and the same model flags.
 """
 
 import argparse
-import json
-import os
 
 import torch
 
-from guided_diffusion import dist_util, job_control, logger
+from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import ImageDataset, LowResBatcher, StepBatcher
-from guided_diffusion.io_util import run_cli, write_text_atomic
-from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.io_util import run_cli
 from guided_diffusion.script_util import sr_create_model_and_diffusion
 from guided_diffusion.settings import (
     DiffusionConfig,
@@ -36,7 +33,13 @@ from guided_diffusion.settings import (
     add_settings,
     field_names,
 )
-from guided_diffusion.train_util import TrainLoop, checkpoint_paths, validate_train_args
+from guided_diffusion.train_util import (
+    TrainLoop,
+    begin_run,
+    diffusion_train_loop_kwargs,
+    finish_run,
+    validate_train_args,
+)
 
 
 def create_argparser():
@@ -60,11 +63,7 @@ def main(argv=None):
         raise ValueError(f"--small_size ({args.small_size}) must be smaller than --large_size ({args.large_size})")
     dataset = ImageDataset(args.data_dir, args.large_size, class_cond=args.class_cond,
                            image_channels=args.image_channels)
-    info = dist_util.setup_dist()
-    logger.configure(args.out_dir, rank=info.rank)
-    if info.rank == 0:
-        write_text_atomic(os.path.join(args.out_dir, "args.json"), json.dumps(vars(args), indent=1, sort_keys=True))
-    logger.log(f"{info.world_size} process(es), device {dist_util.dev()}")
+    info = begin_run(args)
 
     torch.manual_seed(args.seed)
     model, diffusion = sr_create_model_and_diffusion(args.large_size, args.small_size, **model_kwargs_of(args))
@@ -79,43 +78,9 @@ def main(argv=None):
         model=model,
         diffusion=diffusion,
         data=data,
-        batch_size=args.batch_size,
-        microbatch=args.microbatch,
-        lr=args.lr,
-        ema_rate=args.ema_rate,
-        ema_warmup=args.ema_warmup,
-        log_interval=args.log_interval,
-        save_interval=args.save_interval,
-        resume_checkpoint=args.resume_checkpoint,
-        use_fp16=args.use_fp16,
-        fp16_scale_growth=args.fp16_scale_growth,
-        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
-        weight_decay=args.weight_decay,
-        lr_anneal_steps=args.lr_anneal_steps,
-        max_steps=args.max_steps,
-        out_dir=args.out_dir,
-        seed=args.seed,
-        rank=info.rank,
-        world_size=info.world_size,
+        **diffusion_train_loop_kwargs(args, diffusion, info),
     )
-    logger.log(f"training from step {loop.step}")
-    with job_control.StopSignals(what="saving a checkpoint after this step") as signals:
-        loop.run_loop(should_stop=lambda: job_control.stop_requested_anywhere(signals))
-    if loop.stopped_by:
-        model_path = checkpoint_paths(loop.out_dir, loop.step, loop.ema_rate)["model"]
-        message = (f"stopped by {loop.stopped_by.name} at step {loop.step}: saved {model_path} (+ opt, ema); "
-                   f"resume with: {job_control.resume_command(info.world_size, {'--resume_checkpoint': model_path})}")
-        logger.log(message)
-        logger.close()
-        try:
-            job_control.preempt(loop.stopped_by, message)
-        finally:
-            dist_util.cleanup()
-    logger.log(f"done at step {loop.step}")
-    logger.close()
-    dist_util.barrier()
-    dist_util.cleanup()
-    return loop
+    return finish_run(loop, info.world_size)
 
 
 if __name__ == "__main__":
