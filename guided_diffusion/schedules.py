@@ -58,6 +58,10 @@ def space_timesteps(num_timesteps, section_counts):
           ``np.linspace(0, sqrt(0.8 T), N)`` (0 up to 0.8 T, dense near 0; TS-DPM Table 1). Duplicate
           timesteps (N too large for T: near 0 the gaps fall below 1) are an error, which names the
           largest N that gives N distinct steps (29 for T = 1000);
+        - "pndmN": the TS-DPM DDPM-backbone repository's uniform grid (its ``sample_speed`` N):
+          timesteps 1, 1 + T//N, ..., stopping before the last multiple, i.e. N - 1 steps for N
+          dividing T (pndm10 at T = 1000: 801, 701, ..., 101, 1), the last step going to clean
+          (upstream stops at alpha_bar[0], 1 - 1e-4 away for the linear schedule);
         - "N" or "a,b,c": split [0, T) into equal sections and take that many evenly spaced
           (rounded) steps from each; a single section includes both 0 and T-1.
     :return: a set of original timesteps (ints in [0, T)).
@@ -83,6 +87,20 @@ def space_timesteps(num_timesteps, section_counts):
                 f"timestep_respacing {section_counts!r}: no integer stride gives exactly "
                 f"{desired} steps out of {num_timesteps}; pick another N or use plain '{desired}'"
             )
+        if text.startswith("pndm"):
+            try:
+                desired = int(text[len("pndm"):])
+            except ValueError:
+                raise ValueError(
+                    f"timestep_respacing {section_counts!r}: expected 'pndmN' with an integer N"
+                ) from None
+            if desired < 2 or desired > num_timesteps:
+                raise ValueError(f"timestep_respacing {section_counts!r}: N must be in [2, {num_timesteps}]")
+            skip = num_timesteps // desired
+            steps = [k + 1 for k in range(0, num_timesteps, skip)][:-1]
+            if not steps or steps[-1] >= num_timesteps:
+                raise ValueError(f"timestep_respacing {section_counts!r}: gives no valid timestep for T = {num_timesteps}")
+            return set(steps)
         if text.startswith("quad"):
             try:
                 desired = int(text[len("quad"):])

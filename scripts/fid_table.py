@@ -189,13 +189,27 @@ def plan_cells(args):
     return list(seen.values())
 
 
+def respacing_of(cell, args):
+    """The cell's --timestep_respacing: quadN for '-quad' samplers, else by --respacing."""
+    n = cell["steps"]
+    if parse_sampler(cell["sampler"])["quad"]:
+        return f"quad{n}"
+    return {"ddim": f"ddim{n}", "pndm": f"pndm{n}"}.get(args.respacing, str(n))
+
+
+def set_nfe(cells, args, num_base_steps):
+    """Each cell's NFE from the steps its grid really has (pndmN has N - 1) and its solver."""
+    from guided_diffusion.schedules import space_timesteps
+
+    for c in cells:
+        steps = len(space_timesteps(num_base_steps, respacing_of(c, args)))
+        c["nfe"] = solver_nfe(parse_sampler(c["sampler"])["solver"], steps)
+
+
 def cell_job(base_job, cell, args):
     """The sampling job of one cell: the user's model and run settings plus the cell's sampler settings."""
     p = parse_sampler(cell["sampler"])
-    if p["quad"]:
-        respacing = f"quad{cell['steps']}"
-    else:
-        respacing = f"ddim{cell['steps']}" if args.respacing == "ddim" else str(cell["steps"])
+    respacing = respacing_of(cell, args)
     return base_job.with_flags(
         use_ddim=p["solver"] != "ddpm", solver="" if p["solver"] in ("ddim", "ddpm") else p["solver"],
         do_time_shift=p["ts"], ts_rule=p["rule"],
@@ -340,8 +354,9 @@ def table_parser():
     p.add_argument("--ts_settings", default="", help="override the preset: STEPS:WINDOW:CUTOFF,...")
     p.add_argument("--extra_cells", default="",
                    help="search cells SAMPLER:STEPS[:WINDOW:CUTOFF][:key=value...],... (own table)")
-    p.add_argument("--respacing", default="ddim", choices=["ddim", "uniform"],
-                   help="ddim: 'ddimN' grids (0, T/N, ...); uniform: 'N' (includes T-1); '-quad' samplers use quadN")
+    p.add_argument("--respacing", default="ddim", choices=["ddim", "uniform", "pndm"],
+                   help="ddim: 'ddimN' grids (0, T/N, ...); uniform: 'N' (includes T-1); pndm: 'pndmN' (the TS-DPM "
+                        "DDPM-backbone repo's grid, N - 1 steps, as in the paper's Table 1); '-quad' samplers use quadN")
     p.add_argument("--phase", default="all", choices=["all", "sample", "evaluate", "report"], help="what to run")
     p.add_argument("--published", default="none", choices=["none"] + sorted(PUBLISHED),
                    help="published numbers to show beside the cells")
@@ -374,6 +389,7 @@ def main(argv=None):
     base_job, _ = parse_sampling_flags(rest)  # validates the model/sampling flags; demo model if none
     ours.num_samples = base_job.run.num_samples
     cells = plan_cells(ours)
+    set_nfe(cells, ours, base_job.diffusion.diffusion_steps)
     for cell in cells:  # every cell's settings are valid before anything runs
         cell_job(base_job, cell, ours).validate()
     os.makedirs(ours.table_dir, exist_ok=True)

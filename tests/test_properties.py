@@ -135,6 +135,9 @@ respacing_strings = st.one_of(
     st.text(alphabet="0123456789,ddim -x.+_\n\t", max_size=12),
     st.text(max_size=8),
     st.text(max_size=6).map(lambda junk: "ddim" + junk),
+    st.integers(-3, 1200).map(lambda n: f"quad{n}"),
+    st.integers(-3, 1200).map(lambda n: f"pndm{n}"),
+    st.text(max_size=4).map(lambda junk: "pndm" + junk),
 )
 # small T, and counts at the edges of what T allows (T - 1, T, T + 1 steps, in one or two sections)
 small_T = st.one_of(st.integers(1, 12), st.integers(1, 1000))

@@ -394,3 +394,15 @@ def test_solvers_module_depends_on_torch_only():
         elif isinstance(node, ast.ImportFrom):
             names.add((node.module or "").split(".")[0])
     assert names <= {"torch", "dataclasses", "typing"}, names
+
+
+def test_pndm_grid_is_the_ddpm_backbone_repo_grid():
+    """pndmN keeps the DDPM-backbone repo's timesteps (its sample_speed N: N - 1 steps at T = 1000)."""
+    from guided_diffusion.solvers import pndm_time_pairs
+
+    for n in (5, 10, 20, 100):
+        assert sorted(space_timesteps(1000, f"pndm{n}"), reverse=True) == [t for t, _ in pndm_time_pairs(n)]
+    assert sorted(space_timesteps(1000, "pndm10")) == [1, 101, 201, 301, 401, 501, 601, 701, 801]
+    for bad, match in (("pndm1", r"\[2, 1000\]"), ("pndmx", "pndmN"), ("pndm2000", r"\[2, 1000\]")):
+        with pytest.raises(ValueError, match=match):
+            space_timesteps(1000, bad)
