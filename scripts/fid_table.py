@@ -278,7 +278,10 @@ def write_report(args, cells, results):
         f"FID ± bootstrap sd / KID x10^3 ± standard error ({args.num_samples} samples per cell, same seeds in "
         f"every cell, reference {os.path.basename(args.ref_batch)}). (better)/(worse): the FID differs from the "
         "plain sampler (same solver and steps, no shift, no corrections) by more than 2 x the combined bootstrap "
-        "sd; the bootstrap sd covers only the sample side, and cells share seeds, so this is a rough guide.",
+        "sd; the bootstrap sd covers only the sample side, and cells share seeds, so this is a rough guide. KID's ± "
+        "is the standard error over KID's random subsets: when a cell has no more samples than the subset size "
+        "(1,000), every subset holds all its samples and the ± reflects only the reference side, so it understates "
+        "the sampling noise; judge gaps by the FID sd.",
         "",
     ]
     if pub:
