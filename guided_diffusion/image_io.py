@@ -22,6 +22,23 @@ def save_grid_png(path, images, nrow=None):
     save_png_atomic(path, grid_array(images, nrow))
 
 
+def class_rows(images, labels, per_class, num_classes=None):
+    """One row per class: the first ``per_class`` images labelled with it, in label order.
+
+    :param images: (N, H, W, C) uint8.
+    :param labels: (N,) integer labels in [0, num_classes).
+    :return: (num_classes * per_class, H, W, C) uint8; a class with fewer than ``per_class`` images
+        has its row padded with black images (so rows stay aligned with classes).
+    """
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    out = np.zeros((num_classes * per_class,) + images.shape[1:], dtype=np.uint8)
+    for c in range(num_classes):
+        picked = images[labels == c][:per_class]
+        out[c * per_class : c * per_class + len(picked)] = picked
+    return out
+
+
 def save_comparison_png(path, left, right, titles, min_width=800):
     """Two grids side by side with a title above each, scaled up to at least ``min_width`` pixels.
 

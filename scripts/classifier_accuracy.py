@@ -42,6 +42,11 @@ def create_parser():
     parser.add_argument("--timestep", type=nonneg_int, default=0, help="timestep given to the classifier (default: 0)")
     parser.add_argument("--batch_size", type=nonneg_int, default=250, help="images per forward pass (default: 250)")
     parser.add_argument("--out_json", default="", help="also write the scores to this JSON file (default: none)")
+    parser.add_argument("--class_grid", default="",
+                        help="also write a PNG with one row per class: the first --per_class images labelled "
+                             "with it (default: none)")
+    parser.add_argument("--per_class", type=nonneg_int, default=8,
+                        help="images per row of --class_grid (default: 8)")
     add_settings(parser, ClassifierConfig)
     return add_settings(parser, ModelConfig, only=("image_size", "image_channels"))
 
@@ -76,6 +81,11 @@ def main(argv=None):
     if images.shape[1:3] != (args.image_size, args.image_size) or images.shape[-1] < args.image_channels:
         raise ValueError(f"--samples {args.samples}: images of shape {images.shape[1:]}, expected "
                          f"({args.image_size}, {args.image_size}, >= {args.image_channels})")
+    if args.class_grid and args.per_class < 1:
+        raise ValueError(f"--per_class must be >= 1 for --class_grid, got {args.per_class}")
+    if labels.min() < 0 or labels.max() >= clf_cfg.classifier_num_classes:
+        raise ValueError(f"--samples {args.samples}: labels span {labels.min()}..{labels.max()}, outside the "
+                         f"classifier's 0..{clf_cfg.classifier_num_classes - 1} (--classifier_num_classes)")
     classifier = classifier_from_configs(clf_cfg, model_cfg)
     try:
         load_checkpoint_into(classifier, args.classifier_path)
@@ -101,6 +111,14 @@ def main(argv=None):
     if args.out_json:
         write_text_atomic(args.out_json, json.dumps(result, indent=1, sort_keys=True) + "\n")
         print(f"wrote {args.out_json}", flush=True)
+    if args.class_grid:
+        from guided_diffusion.image_io import class_rows, save_grid_png
+
+        rows = class_rows(images, labels, args.per_class, clf_cfg.classifier_num_classes)
+        if rows.shape[-1] == 1:
+            rows = np.repeat(rows, 3, axis=-1)
+        save_grid_png(args.class_grid, rows, nrow=args.per_class)
+        print(f"wrote {args.class_grid}", flush=True)
     return result
 
 

@@ -382,6 +382,39 @@ def test_classifier_accuracy_script(files, tmp_path):
     assert json.loads((tmp_path / "acc.json").read_text())["num_images"] == NUM
 
 
+def test_class_rows_one_row_per_class():
+    """class_rows: row c holds the first per_class images labelled c, in order; short rows padded black."""
+    from guided_diffusion.image_io import class_rows
+
+    images = np.arange(1, 7, dtype=np.uint8).reshape(6, 1, 1, 1) * 10  # image k has value 10 (k + 1)
+    labels = np.array([2, 0, 2, 0, 2, 0])
+    rows = class_rows(images, labels, per_class=2, num_classes=3)
+    assert rows[:, 0, 0, 0].tolist() == [20, 40, 0, 0, 10, 30]
+
+
+def test_classifier_accuracy_class_grid_and_bad_labels(files, tmp_path, capsys):
+    """--class_grid writes a 3-row PNG; labels outside the classifier's classes: one line, exit 2, no file."""
+    import runpy
+
+    from PIL import Image
+
+    path = sample_here(files, str(tmp_path / "s"))
+    script = os.path.join(ROOT, "scripts", "classifier_accuracy.py")
+    main = runpy.run_path(script)["main"]
+    base = {**CLF, "samples": path, "classifier_path": files["clf"], "batch_size": 2}
+    main(argv_of({**base, "class_grid": str(tmp_path / "rows.png"), "per_class": 2}))
+    assert Image.open(tmp_path / "rows.png").size == (2 + 2 * 10, 2 + 3 * 10)  # 8 px images, 2 px gaps
+    z = dict(np.load(path))
+    z["arr_1"] = z["arr_1"] + 3
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, **z)
+    out = str(tmp_path / "bad.json")
+    proc = subprocess.run([sys.executable, script] + argv_of({**base, "samples": bad, "out_json": out}),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--classifier_num_classes" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not os.path.exists(out)
+
+
 def test_pndm_warmup_stages_are_guided_too():
     """S-/F-PNDM's extra network calls get the same score-form guidance as the main call."""
     from guided_diffusion.sampling import _pndm_stage_arguments
