@@ -489,6 +489,18 @@ def run_sampling(job, device=None, on_part_written=None):
     return out_path
 
 
+def run_sampling_on_ranks(job):
+    """What the multi-process sampling scripts run: honour ``--gpu_id``, join the process group
+    (one process when not launched by mpiexec / torchrun), :func:`run_sampling`, leave the group."""
+    if job.run.gpu_id:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id  # before CUDA starts
+    dist_util.setup_dist(backend="gloo")  # only tiny messages: gloo, also when ranks share a GPU
+    try:
+        return run_sampling(job, device=dist_util.dev())
+    finally:
+        dist_util.cleanup()
+
+
 def meta_path_for(npz_path):
     """``OUT.npz`` -> ``OUT.json`` (the npz's metadata: settings, NFE, checkpoint hash)."""
     return (npz_path[: -len(".npz")] if npz_path.endswith(".npz") else npz_path) + ".json"

@@ -27,11 +27,9 @@ Multi-process (mpiexec / torchrun), resumable parts, one-line errors, SIGTERM/SI
 The classifier's SHA-256 and the classifier flags are part of the resume metadata.
 """
 
-import os
 
-from guided_diffusion import dist_util
 from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import GUIDANCE_GROUPS, parse_sampling_flags, run_sampling
+from guided_diffusion.sample_run import GUIDANCE_GROUPS, parse_sampling_flags, run_sampling_on_ranks
 from guided_diffusion.settings import ClassifierConfig, GuidanceConfig, add_settings
 
 
@@ -48,13 +46,7 @@ def create_parser():
 
 def main(argv=None):
     job, _ = parse_sampling_flags(argv, parser=create_parser(), extras=GUIDANCE_GROUPS)
-    if job.run.gpu_id:
-        os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id  # before CUDA starts
-    dist_util.setup_dist(backend="gloo")
-    try:
-        return run_sampling(job, device=dist_util.dev())
-    finally:
-        dist_util.cleanup()
+    return run_sampling_on_ranks(job)
 
 
 if __name__ == "__main__":

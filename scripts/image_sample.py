@@ -24,22 +24,14 @@ left by a killed run is taken over. Reused parts are checked (SHA-256) and bad o
 With no --model_path and no model flags it samples the bundled demo model (see image_sample_1gpu.py).
 """
 
-import os
 
-from guided_diffusion import dist_util
 from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
+from guided_diffusion.sample_run import parse_sampling_flags, run_sampling_on_ranks
 
 
 def main(argv=None):
     job, _ = parse_sampling_flags(argv, description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1])
-    if job.run.gpu_id:
-        os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id  # before CUDA starts
-    dist_util.setup_dist(backend="gloo")  # only tiny messages: gloo, also when ranks share a GPU
-    try:
-        return run_sampling(job, device=dist_util.dev())
-    finally:
-        dist_util.cleanup()
+    return run_sampling_on_ranks(job)
 
 
 if __name__ == "__main__":

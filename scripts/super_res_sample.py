@@ -19,11 +19,9 @@ SIGTERM/SIGINT: as image_sample.py; the base samples' SHA-256 is part of the res
 """
 
 import argparse
-import os
 
-from guided_diffusion import dist_util
 from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import SUPER_RES_GROUPS, parse_sampling_flags, run_sampling
+from guided_diffusion.sample_run import SUPER_RES_GROUPS, parse_sampling_flags, run_sampling_on_ranks
 from guided_diffusion.settings import (
     SAMPLING_GROUPS,
     BaseSamplesConfig,
@@ -43,13 +41,7 @@ def create_parser():
 
 def main(argv=None):
     job, _ = parse_sampling_flags(argv, parser=create_parser(), extras=SUPER_RES_GROUPS, demo_model=False)
-    if job.run.gpu_id:
-        os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id  # before CUDA starts
-    dist_util.setup_dist(backend="gloo")
-    try:
-        return run_sampling(job, device=dist_util.dev())
-    finally:
-        dist_util.cleanup()
+    return run_sampling_on_ranks(job)
 
 
 if __name__ == "__main__":
