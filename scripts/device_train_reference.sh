@@ -6,7 +6,9 @@
 # Usage (repo root, Fashion-MNIST idx files in .gpu_data/, e.g. carried from /usr/share/datasets/fashion-mnist):
 #   OUT=outdir TRAIN_S=330 bash scripts/device_train_reference.sh
 # Environment: TRAIN_S (training wall-clock limit, s), SAVE (steps between checkpoints, 500), BATCH (256),
-# LR (2e-4), EMA (0.9995), N (protocol samples per checkpoint, 500), ANSWER (0/1), ANSWER_S (limit, s),
+# LR (2e-4), EMA (0.9995), N (protocol samples per checkpoint, 500), NLL (0/1: bits/dim of the bundled and
+# the last EMA weights on the first 1000 test images; needs the t10k idx files too), NLL_S (limit per model, s),
+# ANSWER (0/1), ANSWER_S (limit, s),
 # WORK (scratch folder; a rerun on the same machine resumes training from its newest checkpoint).
 # Every stage has a time limit and writes what it has to $OUT, so a slow stage cannot take the others down.
 set -u
@@ -44,6 +46,16 @@ ema=$(ls "$W"/train/ema_*.pt 2>/dev/null | sort | tail -1)
 [ -n "$ema" ] || exit 3
 cp "$ema" "$OUT/"; cp "$W/train/model$(basename "$ema" | sed 's/ema_[0-9.]*_//')" "$OUT/" 2>/dev/null
 echo "last EMA: $ema"
+if [ "${NLL:-0}" = 1 ]; then
+  [ -f "$W/fm_test.npz" ] || timeout 60 $PY datasets/fashion_mnist.py --data_dir .gpu_data --split test \
+    --out "$W/fm_test.npz" || exit 2
+  for ck in guided_diffusion/assets/demo_fmnist32.pt "$ema"; do
+    name=$(basename "$ck" .pt)
+    timeout ${NLL_S:-120} $PY scripts/image_nll.py --model_path "$ck" $MODEL --dropout 0.1 --data_dir "$W/fm_test.npz" \
+      --num_samples 1000 --batch_size 500 --seed 0 --progress False --out_dir "$W/nll_$name" > "$OUT/nll_$name.txt" 2>&1
+    cp "$W/nll_$name/bpd.json" "$OUT/bpd_$name.json" 2>/dev/null && echo "bits/dim: $name"
+  done
+fi
 [ "${ANSWER:-0}" = 1 ] || exit 0
 # the answer grid (issue 14 item 4), sampled only: 1000 samples per cell, same seeds; evaluated on the CPU
 timeout ${ANSWER_S:-200} $PY scripts/fid_table.py --phase sample --table_dir "$W/answer" --model_path "$ema" $MODEL \
