@@ -463,9 +463,13 @@ class SamplingGuard:
         return self.signals.counts()
 
     def stop_if_requested(self, counts, *, done, num_samples, parts_dir, bar=None):
-        """Collective (every rank calls it after the same all_reduce): stop if any rank got a signal."""
+        """Collective (every rank calls it after the same all_reduce): stop if any rank got a signal.
+
+        When every sample is already made (``done >= num_samples``) it does not stop: the job goes on
+        to write its outputs, which takes seconds, rather than leave a finished run to be resumed.
+        """
         signum = signal_from_counts(counts)
-        if signum is None:
+        if signum is None or done >= num_samples:
             return
         if bar is not None:
             bar.close()

@@ -267,6 +267,25 @@ def test_sigint_in_process_stops_at_the_batch_boundary(ckpt, reference, tmp_path
     assert open(run_here(flags(ckpt, tmp_path)), "rb").read() == reference
 
 
+def test_signal_during_the_last_batch_finishes_the_run(ckpt, reference, tmp_path):
+    """A SIGINT that arrives while the last batch is made does not leave a finished run to resume:
+    every sample exists, so the npz is written (same bytes) and the run returns normally."""
+    import math
+
+    written = []
+
+    def interrupt(path):
+        written.append(path)
+        if len(written) == math.ceil(NUM_SAMPLES / 3):  # batch_size 3: the last part
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    path = run_here(flags(ckpt, tmp_path), on_part_written=interrupt)
+    assert open(path, "rb").read() == reference
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not os.path.exists(lock_path_for(str(tmp_path / NPZ_NAME)))
+
+
 # ------------------------------------------------------------------------------- integrity
 def _flip_byte(path, offset):
     data = bytearray(open(path, "rb").read())
