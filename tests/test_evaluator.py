@@ -143,6 +143,23 @@ def test_pool3_and_mixed6_match_shipped_torchscript():
     assert "logits" not in out and not ours.has_logits
 
 
+def test_cpu_network_is_channels_last_and_matches_nchw(net):
+    """load_inception gives NHWC weights on the CPU (faster); the features equal the NCHW network's
+    to float rounding."""
+    import copy
+
+    assert net.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    assert nchw.conv.weight.is_contiguous()
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        a, b = net(x), nchw(x)
+    for key in ("pool", "spatial"):
+        rel = (a[key] - b[key]).abs().max() / b[key].abs().max()
+        assert rel < 1e-4, f"{key}: relative difference {rel:.2e}"
+
+
 @needs_weights
 def test_pytorch_fid_layout_loads_with_logits(net):
     """A state dict in pytorch-fid's (torchvision) naming, rebuilt from the loaded weights."""
@@ -154,6 +171,7 @@ def test_pytorch_fid_layout_loads_with_logits(net):
     other = I.build_from_state_dict(sd)
     assert other.has_logits and "pytorch-fid" in other.weights_source
     x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    other.to(memory_format=torch.channels_last)  # the layout load_inception gives on the CPU, as ``net``
     with torch.inference_mode():
         a, b = net(x), other(x)
     torch.testing.assert_close(a["pool"], b["pool"], rtol=0, atol=0)
