@@ -382,6 +382,10 @@ def run_sampling(job, device=None, on_part_written=None):
     dist_util.check_all(exc)
     conditioning, input_sha256 = build_conditioning(job, device)
     with_labels = model.num_classes is not None or job.guidance is not None
+    if rank == 0:
+        line = grid_start_warning(diffusion)
+        if line:
+            _say(f"warning: {line}")
 
     # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
     job_control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
@@ -487,6 +491,24 @@ def run_sampling(job, device=None, on_part_written=None):
         write_compare_grid(job, model, diffusion, device, conditioning=conditioning)
         print(f"wrote {run.compare_grid}", flush=True)
     return out_path
+
+
+GRID_START_SIGNAL = 0.05  # alpha_bar above which starting from pure noise is worth a warning
+
+
+def grid_start_warning(diffusion):
+    """A one-line warning when the respaced grid's first timestep keeps much signal (alpha_bar above
+    :data:`GRID_START_SIGNAL`) although every loop starts there from pure noise, else ''.
+
+    E.g. ``quadN`` ends at 0.8 T: alpha_bar(800) = 0.093 under the cosine schedule (0.0015 linear).
+    """
+    first = int(max(diffusion.timestep_map))
+    alpha_bar = float(diffusion.base_alphas_cumprod[first])
+    if alpha_bar <= GRID_START_SIGNAL:
+        return ""
+    return (f"the timestep grid starts at t = {first}, where alpha_bar = {alpha_bar:.3f} (signal std "
+            f"{alpha_bar ** 0.5:.2f}), but sampling starts there from pure noise; prefer a grid that starts "
+            f"near T - 1 (e.g. --timestep_respacing {len(diffusion.timestep_map)}) for this noise schedule")
 
 
 def run_sampling_on_ranks(job):

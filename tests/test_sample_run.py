@@ -221,3 +221,19 @@ def test_run_metadata_json(ckpts, tmp_path):
     meta = json.loads(open(path[:-4] + ".json").read())
     assert meta["npz"] == NPZ_NAME and meta["steps"] == 4 and meta["nfe"] == 4 and meta["timesteps"] == [75, 50, 25, 0]
     assert meta["settings"]["seed"] == 0 and len(meta["checkpoint_sha256"]) == 64 and "DDIM" in meta["sampler"]
+
+
+def test_grid_start_warning():
+    """quadN / pndmN end at 0.8 T: with the cosine schedule that start keeps alpha_bar ~0.09 of signal,
+    which the loops ignore (they start from pure noise), so the run warns; ddimN and linear do not."""
+    from guided_diffusion.sample_run import grid_start_warning
+    from guided_diffusion.script_util import create_gaussian_diffusion
+
+    def warning(schedule, respacing):
+        return grid_start_warning(create_gaussian_diffusion(steps=1000, noise_schedule=schedule,
+                                                            timestep_respacing=respacing))
+
+    line = warning("cosine", "quad10")
+    assert "t = 800" in line and "alpha_bar = 0.093" in line and "--timestep_respacing 10" in line
+    assert "t = 801" in warning("cosine", "pndm10")
+    assert warning("cosine", "ddim10") == warning("cosine", "10") == warning("linear", "quad10") == ""
