@@ -324,18 +324,29 @@ def write_report(args, cells, results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for sampler in dict.fromkeys(c["sampler"] for c in cells if c["grid"]):
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    samplers = list(dict.fromkeys(c["sampler"] for c in cells if c["grid"]))
+
+    def family(name):  # one colour per solver and grid: the plain sampler dashed, its TS variants solid
+        p = parse_sampler(name)
+        return (p["solver"], p["quad"])
+
+    families = list(dict.fromkeys(family(s) for s in samplers))
+    palette = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    for sampler in samplers:
         pts = sorted((c["nfe"], results[c["key"]]["fid"], results[c["key"]].get("fid_sd") or 0) for c in cells
                      if c["grid"] and c["sampler"] == sampler and c["key"] in results)
         if pts:
+            p = parse_sampler(sampler)
             xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=2, label=sampler_label(sampler),
-                        linestyle="-" if parse_sampler(sampler)["ts"] else "--")
+            ax.errorbar(xs, ys, yerr=es, marker="s" if p["quad"] else "o", capsize=2, label=sampler_label(sampler),
+                        color=palette(families.index(family(sampler)) % palette.N),
+                        linestyle="-" if p["ts"] else "--", alpha=1.0 if p["ts"] else 0.8)
     ax.set_xscale("log")
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel("FID (± bootstrap sd)")
-    ax.legend(fontsize=7)
+    ax.set_title("dashed: plain sampler; solid, same colour: with the time shift", fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure_atomic(os.path.join(args.table_dir, "fid_vs_nfe.png"), fig)
