@@ -47,6 +47,16 @@ def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
     return np.array(betas, dtype=np.float64)
 
 
+def _grid_count(text, prefix, section_counts):
+    """N of a "<prefix>N" respacing string, or a one-line ValueError naming the string."""
+    try:
+        return int(text[len(prefix):])
+    except ValueError:
+        raise ValueError(
+            f"timestep_respacing {section_counts!r}: expected '{prefix}N' with an integer N"
+        ) from None
+
+
 def space_timesteps(num_timesteps, section_counts):
     """The set of original timesteps to keep when respacing a T-step process.
 
@@ -70,12 +80,7 @@ def space_timesteps(num_timesteps, section_counts):
     if isinstance(section_counts, str):
         text = section_counts.strip()
         if text.startswith("ddim"):
-            try:
-                desired = int(text[len("ddim"):])
-            except ValueError:
-                raise ValueError(
-                    f"timestep_respacing {section_counts!r}: expected 'ddimN' with an integer N"
-                ) from None
+            desired = _grid_count(text, "ddim", section_counts)
             if desired < 1:
                 raise ValueError(f"timestep_respacing {section_counts!r}: N must be >= 1")
             for stride in range(1, num_timesteps):
@@ -88,12 +93,7 @@ def space_timesteps(num_timesteps, section_counts):
                 f"{desired} steps out of {num_timesteps}; pick another N or use plain '{desired}'"
             )
         if text.startswith("pndm"):
-            try:
-                desired = int(text[len("pndm"):])
-            except ValueError:
-                raise ValueError(
-                    f"timestep_respacing {section_counts!r}: expected 'pndmN' with an integer N"
-                ) from None
+            desired = _grid_count(text, "pndm", section_counts)
             if desired < 2 or desired > num_timesteps:
                 raise ValueError(f"timestep_respacing {section_counts!r}: N must be in [2, {num_timesteps}]")
             skip = num_timesteps // desired
@@ -102,12 +102,7 @@ def space_timesteps(num_timesteps, section_counts):
                 raise ValueError(f"timestep_respacing {section_counts!r}: gives no valid timestep for T = {num_timesteps}")
             return set(steps)
         if text.startswith("quad"):
-            try:
-                desired = int(text[len("quad"):])
-            except ValueError:
-                raise ValueError(
-                    f"timestep_respacing {section_counts!r}: expected 'quadN' with an integer N"
-                ) from None
+            desired = _grid_count(text, "quad", section_counts)
             if desired < 1:
                 raise ValueError(f"timestep_respacing {section_counts!r}: N must be >= 1")
             # More than T steps cannot be distinct; don't build a huge grid to find out.
