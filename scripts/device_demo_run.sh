@@ -9,13 +9,13 @@ PY=${PY:-python3}
 OUT=${OUT:?set OUT}
 TRAIN_S=${TRAIN_S:-125}; MAX_STEPS=${MAX_STEPS:-3000}; N=${N:-1000}; BENCH=${BENCH:-1}
 W=${WORK:-/tmp/demo_work}; mkdir -p "$W" "$OUT"
-MODEL="--image_size 32 --image_channels 1 --num_channels 32 --num_res_blocks 2 --attention_resolutions 16,8
- --num_head_channels 32 --resblock_updown True --use_new_attention_order True --use_scale_shift_norm True
- --learn_sigma True --noise_schedule cosine"
+# the demo model's flags, from its sidecar (guided_diffusion/assets/demo_fmnist32.json), not repeated here
+MODEL=$($PY -c "import json; f = json.load(open('guided_diffusion/assets/demo_fmnist32.json'))['model_flags']; \
+print(' '.join(f'--{k} {v}' for k, v in f.items()))") || exit 2
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 timeout 30 $PY datasets/fashion_mnist.py --data_dir .gpu_data --split train --out "$W/fm_train.npz" --overwrite
 timeout "$TRAIN_S" $PY scripts/image_train.py --data_dir "$W/fm_train.npz" --out_dir "$W/train" $MODEL \
-  --dropout 0.1 --batch_size ${BATCH:-256} --lr ${LR:-4e-4} --max_steps "$MAX_STEPS" --save_interval ${SAVE:-200} \
+  --batch_size ${BATCH:-256} --lr ${LR:-4e-4} --max_steps "$MAX_STEPS" --save_interval ${SAVE:-200} \
   --log_interval 100 --ema_rate 0.9995 --seed 0 > "$OUT/train_stdout.txt" 2>&1
 echo "train exit $?"
 cp "$W/train/progress.csv" "$OUT/train_progress.csv" 2>/dev/null

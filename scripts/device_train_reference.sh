@@ -17,9 +17,9 @@ PY=${PY:-python3}
 OUT=${OUT:?set OUT}
 TRAIN_S=${TRAIN_S:-330}; SAVE=${SAVE:-500}; N=${N:-500}; EMA=${EMA:-0.9995}
 W=${WORK:-/tmp/ref_work}; mkdir -p "$W" "$OUT"
-MODEL="--image_size 32 --image_channels 1 --num_channels 32 --num_res_blocks 2 --attention_resolutions 16,8
- --num_head_channels 32 --resblock_updown True --use_new_attention_order True --use_scale_shift_norm True
- --learn_sigma True --noise_schedule cosine --diffusion_steps 1000"
+# the demo model's flags, from its sidecar (guided_diffusion/assets/demo_fmnist32.json), not repeated here
+MODEL=$($PY -c "import json; f = json.load(open('guided_diffusion/assets/demo_fmnist32.json'))['model_flags']; \
+print(' '.join(f'--{k} {v}' for k, v in f.items()))") || exit 2
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 [ -f "$W/fm_train.npz" ] || timeout 60 $PY datasets/fashion_mnist.py --data_dir .gpu_data --split train \
   --out "$W/fm_train.npz" || exit 2
@@ -27,7 +27,7 @@ last=$(ls "$W"/train/model*.pt 2>/dev/null | sort | tail -1)
 init=${last:-guided_diffusion/assets/demo_fmnist32.pt}
 echo "training from $init for at most $TRAIN_S s"
 timeout -s TERM "$TRAIN_S" $PY scripts/image_train.py --data_dir "$W/fm_train.npz" --out_dir "$W/train" $MODEL \
-  --dropout 0.1 --random_flip True --batch_size ${BATCH:-256} --lr ${LR:-2e-4} --ema_rate "$EMA" \
+  --random_flip True --batch_size ${BATCH:-256} --lr ${LR:-2e-4} --ema_rate "$EMA" \
   --max_steps 1000000 --save_interval "$SAVE" --log_interval 100 --seed 2 --resume_checkpoint "$init" \
   > "$OUT/train_stdout.txt" 2>&1
 echo "train exit $? (124 = stopped by the time limit, as planned)"
@@ -51,7 +51,7 @@ if [ "${NLL:-0}" = 1 ]; then
     --out "$W/fm_test.npz" || exit 2
   for ck in guided_diffusion/assets/demo_fmnist32.pt "$ema"; do
     name=$(basename "$ck" .pt)
-    timeout ${NLL_S:-120} $PY scripts/image_nll.py --model_path "$ck" $MODEL --dropout 0.1 --data_dir "$W/fm_test.npz" \
+    timeout ${NLL_S:-120} $PY scripts/image_nll.py --model_path "$ck" $MODEL --data_dir "$W/fm_test.npz" \
       --num_samples 1000 --batch_size 500 --seed 0 --progress False --out_dir "$W/nll_$name" > "$OUT/nll_$name.txt" 2>&1
     cp "$W/nll_$name/bpd.json" "$OUT/bpd_$name.json" 2>/dev/null && echo "bits/dim: $name"
   done
