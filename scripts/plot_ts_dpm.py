@@ -104,9 +104,7 @@ def main(argv=None):
 
     ax = axes[1]
     cur, v, tau = shifted[args.zoom_step]
-    nxt_grid = [r[0] for r in ts_rows]
-    nxt = nxt_grid[nxt_grid.index(cur) + 1] if nxt_grid.index(cur) + 1 < len(nxt_grid) else -1
-    lo, hi = shift_window(ts, cur, nxt, T)
+    lo, hi = shift_window(ts, cur, -1, T)  # adm / offset windows are centred on t (nxt is not read)
     cand = np.arange(lo, hi + 1)
     ax.plot(cand, table[cand], color="gray", lw=2, label="expected variance of candidate $\\tau$")
     order = np.argsort(v)
@@ -131,7 +129,7 @@ def main(argv=None):
         rel = tau - cur
         vals, counts = np.unique(rel, return_counts=True)
         ax.scatter(vals, np.full(len(vals), k), s=8 + 300 * counts / len(tau), color="tab:red", alpha=0.6)
-        w_lo, w_hi = shift_window(ts, cur, -1, T)  # centred on t for these rules
+        w_lo, w_hi = shift_window(ts, cur, -1, T)
         edge = float(np.mean((tau == w_lo) | (tau == w_hi)))
         ax.text(half * 1.08, k, f"{edge:.0%} on an edge", va="center", fontsize=7)
     ax.axvline(0, color="k", lw=1)
