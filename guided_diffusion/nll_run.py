@@ -23,7 +23,13 @@ At the end rank 0 reads the parts and writes, atomically:
 * ``bpd.npz``: ``total_bpd`` and ``prior_bpd`` (N,) float64 per image, ``indices`` (N,);
 * ``vb_terms.npz``, ``mse_terms.npz``, ``xstart_mse_terms.npz``: ``arr_0`` (S,) the mean over images
   of each per-step term, columns in decreasing t (upstream's files);
-* ``bpd.json``: the mean bits/dim, its standard error, the mean prior term, N, S and the settings.
+* ``bpd.json``: the mean bits/dim, its standard error, the mean prior term, N, S, the estimator and the
+  settings.
+
+With ``--t_strata K`` each image costs K + 1 network calls instead of S: the t = 0 term plus one
+timestep drawn per image in each of K strata of 1..S-1 (:func:`stratify_timesteps`), weighted by the
+stratum's width — an unbiased estimate of the same bound whose extra variance shows in the standard
+error; the per-step ``*_terms.npz`` are replaced by ``vb_strata.npz`` (per-image t, vb, weights).
 """
 
 import dataclasses
@@ -68,29 +74,86 @@ class NllJob:
             raise CheckpointError("--model_path is empty: pass the diffusion model checkpoint")
 
 
-def bpd_terms(model, diffusion, x, indices, *, seed, clip_denoised=True, model_kwargs=None):
-    """``calc_bpd_loop`` for images with global ``indices`` (B,), noise from (seed, index, t)."""
+STRATUM_STREAM = 1 << 20  # SampleNoise stream of stratum j's timestep draw: STRATUM_STREAM + j (noise uses t + 1)
+
+
+def stratify_timesteps(steps, strata):
+    """K = ``strata`` contiguous, non-empty strata [(lo, hi), ...] that cover timesteps 1..steps-1.
+
+    Edges follow 1 + (steps - 1) (j / K)^2, so widths grow linearly with t: the small-t terms, which
+    are large and change fast, get strata of one timestep; K = steps - 1 gives one stratum per
+    timestep (the exact bound). Raises ValueError naming ``--t_strata`` outside 1..steps-1.
+    """
+    if not 1 <= strata <= steps - 1:
+        raise ValueError(f"--t_strata {strata}: use 0 (every timestep) or 1..{steps - 1} (the diffusion has "
+                         f"{steps} timesteps)")
+    edges = [1]
+    for j in range(1, strata):
+        edge = 1 + int((steps - 1) * (j / strata) ** 2)
+        edges.append(min(max(edge, edges[-1] + 1), steps - (strata - j)))
+    edges.append(steps)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def bpd_terms(model, diffusion, x, indices, *, seed, clip_denoised=True, model_kwargs=None, t_strata=0):
+    """Bits/dim of images with global ``indices`` (B,); the noise of image k at t is (seed, k, t).
+
+    ``t_strata`` 0: upstream's ``calc_bpd_loop`` (every term; columns in decreasing t). K > 0: the
+    stratified estimate, columns [t_K, ..., t_1, 0] (decreasing t) with t_j drawn per image uniformly
+    in stratum j (:func:`stratify_timesteps`) from (seed, k, j):
+
+        total_bpd = prior_bpd + vb_0 + sum_j |stratum j| * vb_{t_j},
+
+    whose expectation over the draws is the exact total of the same noise (up to the 2^-32 modulo bias
+    of the integer draw), each vb_t being the one ``calc_bpd_loop`` computes (same x_t). Returns "total_bpd", "prior_bpd" (B,), "vb", "mse",
+    "xstart_mse" (B, K+1) and "t" (B, K+1) int64 in that case.
+    """
     noise = SampleNoise(seed)
     shape = tuple(x.shape[1:])
     idx = indices.to(x.device)
-    return diffusion.calc_bpd_loop(model, x, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
-                                   noise_fn=lambda i, like: noise.normal(idx, i + 1, shape).to(like.device))
+    if not t_strata:
+        return diffusion.calc_bpd_loop(model, x, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                                       noise_fn=lambda i, like: noise.normal(idx, i + 1, shape).to(like.device))
+    strata = stratify_timesteps(diffusion.num_timesteps, t_strata)
+    picks = [lo + noise.integers(idx.cpu(), STRATUM_STREAM + j, hi - lo) for j, (lo, hi) in enumerate(strata)]
+    t_columns = torch.stack(picks[::-1] + [torch.zeros_like(picks[0])], dim=1)
+    weights = torch.tensor([hi - lo for lo, hi in strata][::-1] + [1], dtype=torch.float64)
+
+    def column_noise(k, t, like):
+        out = torch.empty_like(like)
+        t = t.cpu()
+        for value in torch.unique(t).tolist():
+            rows = (t == value).nonzero()[:, 0]
+            out[rows.to(like.device)] = noise.normal(idx[rows.to(idx.device)], value + 1, shape).to(like.device)
+        return out
+
+    terms = diffusion.vb_terms_at(model, x, t_columns, column_noise, clip_denoised, model_kwargs)
+    prior = diffusion.prior_bpd(x)
+    total = (terms["vb"].double() * weights.to(x.device)).sum(dim=1) + prior.double()
+    return {"total_bpd": total, "prior_bpd": prior, "t": t_columns, **terms}
 
 
 def write_part(parts_dir, start, out):
-    """One finished batch (images start..) as a part file, atomically; returns its path."""
+    """One finished batch (images start..) as a part file, atomically; returns its path.
+
+    Holds total_bpd, prior_bpd (n,) float64, the TERMS (n, columns) float32 and, for a stratified
+    estimate, the timesteps ``t`` (n, columns) int64 of its columns.
+    """
     arrays = {k: out[k].detach().cpu().numpy().astype(np.float64 if k.endswith("bpd") else np.float32)
               for k in ("total_bpd", "prior_bpd") + TERMS}
+    if "t" in out:
+        arrays["t"] = out["t"].cpu().numpy().astype(np.int64)
     path = os.path.join(parts_dir, sample_parts.part_name(start, start + arrays["total_bpd"].shape[0]))
     save_npz_atomic(path, **arrays)
     return path
 
 
-def _read_part(path, n, steps):
-    """The arrays of one part, checked: (n,) total/prior bpd and (n, steps) terms."""
+def _read_part(path, n, steps, stratified=False):
+    """The arrays of one part, checked: (n,) total/prior bpd and (n, steps) terms (and t if stratified)."""
+    keys = ("total_bpd", "prior_bpd") + TERMS + (("t",) if stratified else ())
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("total_bpd", "prior_bpd") + TERMS}
+            arrays = {k: z[k] for k in keys}
     except Exception as exc:
         raise sample_parts.BadPartError(f"{path}: unreadable ({type(exc).__name__})") from None
     for k, v in arrays.items():
@@ -140,11 +203,14 @@ def run_nll(job, device=None):
             model.convert_to_fp16()
         model.eval()
         diffusion = diffusion_from_config(job.diffusion)
+        if cfg.t_strata:
+            stratify_timesteps(diffusion.num_timesteps, cfg.t_strata)  # the one-line error, before any work
     except Exception as e:
         exc = e
     del data
     dist_util.check_all(exc)
-    steps = diffusion.num_timesteps
+    stratified = bool(cfg.t_strata)
+    steps = cfg.t_strata + 1 if stratified else diffusion.num_timesteps  # terms (columns) per image
 
     out_path = job.out_path()
     parts_dir = sample_parts.parts_dir_for(out_path)
@@ -161,7 +227,7 @@ def run_nll(job, device=None):
         for start, end, name in parts:
             path = os.path.join(parts_dir, name)
             try:
-                arrays = _read_part(path, end - start, steps)
+                arrays = _read_part(path, end - start, steps, stratified)
             except sample_parts.BadPartError as e:
                 os.remove(path)
                 warnings.append(f"{e}: deleted; its images are evaluated again")
@@ -189,7 +255,7 @@ def run_nll(job, device=None):
                 x = x.to(device)
                 kwargs = {k: v.to(device) for k, v in cond.items()}
                 out = bpd_terms(model, diffusion, x, torch.arange(start, end), seed=cfg.seed,
-                                clip_denoised=cfg.clip_denoised, model_kwargs=kwargs)
+                                clip_denoised=cfg.clip_denoised, model_kwargs=kwargs, t_strata=cfg.t_strata)
                 if not bool(torch.isfinite(out["total_bpd"]).all()):
                     bad = start + int((~torch.isfinite(out["total_bpd"])).nonzero()[0, 0])
                     raise ValueError(f"image {bad}: bits/dim is not finite (NaN/inf); nothing was written for "
@@ -212,22 +278,29 @@ def run_nll(job, device=None):
                                                 num_samples=num, parts_dir=parts_dir)
     if rank != 0:
         return None
-    return _finish(job, parts_dir, num, steps, sha)
+    return _finish(job, parts_dir, num, steps, sha, diffusion.num_timesteps)
 
 
-def _finish(job, parts_dir, num, steps, sha):
-    """Rank 0: read the parts in index order and write bpd.npz, the *_terms.npz and bpd.json."""
+def _finish(job, parts_dir, num, steps, sha, diffusion_steps):
+    """Rank 0: read the parts in index order and write bpd.npz, the per-term files and bpd.json.
+
+    ``steps``: terms (columns) per image; ``diffusion_steps``: S. Exact runs write upstream's
+    *_terms.npz (per-step means); stratified runs, whose images draw different timesteps, write
+    ``vb_strata.npz`` instead: ``t`` and ``vb`` (N, K+1) per image and the column ``weights`` (K+1,).
+    """
     cfg = job.nll
-    cols = {k: [] for k in ("total_bpd", "prior_bpd")}
+    stratified = bool(cfg.t_strata)
+    keys = ("total_bpd", "prior_bpd") + (("t", "vb") if stratified else ())
+    cols = {k: [] for k in keys}
     sums = {k: np.zeros(steps, dtype=np.float64) for k in TERMS}
     cursor = 0
     for start, end, name in sample_parts.list_parts(parts_dir):
         if end <= cursor or start >= num:
             continue
-        arrays = _read_part(os.path.join(parts_dir, name), end - start, steps)
+        arrays = _read_part(os.path.join(parts_dir, name), end - start, steps, stratified)
         lo, hi = cursor - start, min(end, num) - start
         for k in cols:
-            cols[k].append(arrays[k][lo:hi].astype(np.float64))
+            cols[k].append(arrays[k][lo:hi].astype(np.int64 if k == "t" else np.float64))
         for k in TERMS:
             sums[k] += arrays[k][lo:hi].astype(np.float64).sum(axis=0)
         cursor = start + hi
@@ -238,14 +311,23 @@ def _finish(job, parts_dir, num, steps, sha):
     out_dir = cfg.out_dir
     save_npz_atomic(os.path.join(out_dir, OUT_NAME), total_bpd=total, prior_bpd=prior,
                     indices=np.arange(num, dtype=np.int64))
-    for k in TERMS:
-        save_npz_atomic(os.path.join(out_dir, f"{k}_terms.npz"), sums[k] / num)
+    if stratified:
+        widths = [hi - lo for lo, hi in stratify_timesteps(diffusion_steps, cfg.t_strata)][::-1] + [1]
+        term_files = ["vb_strata.npz"]
+        save_npz_atomic(os.path.join(out_dir, term_files[0]), t=np.concatenate(cols["t"]),
+                        vb=np.concatenate(cols["vb"]), weights=np.asarray(widths, dtype=np.float64))
+    else:
+        term_files = [f"{k}_terms.npz" for k in TERMS]
+        for k in TERMS:
+            save_npz_atomic(os.path.join(out_dir, f"{k}_terms.npz"), sums[k] / num)
     summary = {
         "bpd": float(total.mean()),
         "bpd_stderr": float(total.std(ddof=1) / math.sqrt(num)) if num > 1 else None,
         "prior_bpd": float(prior.mean()),
         "num_images": int(num),
-        "steps": int(steps),
+        "steps": int(diffusion_steps),
+        "estimator": "stratified" if stratified else "exact",
+        "terms_per_image": int(steps),
         "checkpoint_sha256": sha,
         "settings": job.flags(),
         "torch": torch.__version__,
@@ -253,9 +335,11 @@ def _finish(job, parts_dir, num, steps, sha):
     write_text_atomic(os.path.join(out_dir, "bpd.json"), json.dumps(summary, indent=1, sort_keys=True) + "\n")
     sample_parts.remove_parts(parts_dir)
     stderr = f" +- {summary['bpd_stderr']:.6f}" if summary["bpd_stderr"] is not None else ""
-    print(f"bits/dim {summary['bpd']:.6f}{stderr} over {num} images ({steps} VB terms + prior "
+    how = (f"stratified estimate: {steps} of {diffusion_steps} VB terms per image" if stratified
+           else f"{steps} VB terms")
+    print(f"bits/dim {summary['bpd']:.6f}{stderr} over {num} images ({how} + prior "
           f"{summary['prior_bpd']:.6f})", flush=True)
-    for name in (OUT_NAME, "vb_terms.npz", "mse_terms.npz", "xstart_mse_terms.npz", "bpd.json"):
+    for name in [OUT_NAME] + term_files + ["bpd.json"]:
         print(f"wrote {os.path.join(out_dir, name)}", flush=True)
     return summary
 

@@ -359,6 +359,10 @@ class NllConfig:
                            pixel=False)
     overwrite: bool = setting(False, "discard finished parts in OUT.parts/ and start over", pixel=False)
     progress: bool = setting(True, "print one line per round with the running mean bits/dim", pixel=False)
+    t_strata: int = setting(0, "0: every one of the S terms (upstream's calc_bpd_loop). K in 1..S-1: an unbiased "
+                            "stratified estimate of the same bound from K+1 network calls per image: the t = 0 "
+                            "term, and one timestep drawn per image in each of K strata of 1..S-1 (widths "
+                            "growing linearly with t), weighted by its stratum's width", parse=nonneg_int)
 
 
 SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)

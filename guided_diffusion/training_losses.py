@@ -104,11 +104,37 @@ class TrainingLossesMixin:
         decoder_nll = mean_flat(decoder_nll) / math.log(2.0)
         return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
 
-    def _prior_bpd(self, x_start):
-        """KL(q(x_T | x0) || N(0, I)) in bits/dim, (B,)."""
+    def prior_bpd(self, x_start):
+        """KL(q(x_T | x0) || N(0, I)) in bits/dim, (B,) for x_start (B, C, H, W)."""
         t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
         qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
         return mean_flat(normal_kl(qt_mean, qt_log_variance, 0.0, 0.0)) / math.log(2.0)
+
+    _prior_bpd = prior_bpd  # upstream's name
+
+    def vb_terms_at(self, model, x_start, t_columns, noise_fn, clip_denoised=True, model_kwargs=None):
+        """Variational-bound terms of each image at its own timesteps.
+
+        :param x_start: (B, C, H, W) images in [-1, 1].
+        :param t_columns: (B, K) int64 timesteps of this diffusion (respaced indices), one column per term.
+        :param noise_fn: ``noise_fn(k, t, like) -> (B, C, H, W)``: the standard normals of column k,
+            whose timesteps are ``t`` (B,), for the forward sample x_t = q_sample(x0, t, noise).
+        :return: dict of (B, K) float tensors: "vb" (bits/dim: the KL of step t, the discretised
+            decoder NLL where t == 0; Ho et al. eq. 5), "xstart_mse", "mse" (eps error).
+        """
+        vb, xstart_mse, mse = [], [], []
+        for k in range(t_columns.shape[1]):
+            t_batch = t_columns[:, k].to(x_start.device)
+            noise = noise_fn(k, t_batch, x_start)
+            x_t = self.q_sample(x_start, t_batch, noise=noise)
+            with torch.no_grad():
+                out = self._vb_terms_bpd(model, x_start, x_t, t_batch, clip_denoised, model_kwargs)
+            vb.append(out["output"])
+            xstart_mse.append(mean_flat((out["pred_xstart"] - x_start) ** 2))
+            eps = self._predict_eps_from_xstart(x_t, t_batch, out["pred_xstart"])
+            mse.append(mean_flat((eps - noise) ** 2))
+        return {"vb": torch.stack(vb, dim=1), "xstart_mse": torch.stack(xstart_mse, dim=1),
+                "mse": torch.stack(mse, dim=1)}
 
     def calc_bpd_loop(self, model, x_start, clip_denoised=True, model_kwargs=None, noise_fn=None):
         """The whole variational bound in bits/dim, plus per-step terms.
@@ -119,24 +145,12 @@ class TrainingLossesMixin:
         :return: dict with "total_bpd" (B,), "prior_bpd" (B,), "vb" (B, S), "xstart_mse" (B, S),
             "mse" (B, S) (eps error); columns in decreasing t, as upstream.
         """
-        batch = x_start.shape[0]
-        vb, xstart_mse, mse = [], [], []
-        for i in reversed(range(self.num_timesteps)):
-            t_batch = torch.full((batch,), i, device=x_start.device, dtype=torch.long)
-            noise = torch.randn_like(x_start) if noise_fn is None else noise_fn(i, x_start)
-            x_t = self.q_sample(x_start, t_batch, noise=noise)
-            with torch.no_grad():
-                out = self._vb_terms_bpd(model, x_start, x_t, t_batch, clip_denoised, model_kwargs)
-            vb.append(out["output"])
-            xstart_mse.append(mean_flat((out["pred_xstart"] - x_start) ** 2))
-            eps = self._predict_eps_from_xstart(x_t, t_batch, out["pred_xstart"])
-            mse.append(mean_flat((eps - noise) ** 2))
-        vb = torch.stack(vb, dim=1)
-        prior_bpd = self._prior_bpd(x_start)
-        return {
-            "total_bpd": vb.sum(dim=1) + prior_bpd,
-            "prior_bpd": prior_bpd,
-            "vb": vb,
-            "xstart_mse": torch.stack(xstart_mse, dim=1),
-            "mse": torch.stack(mse, dim=1),
-        }
+        batch, steps = x_start.shape[0], self.num_timesteps
+        t_columns = torch.arange(steps - 1, -1, -1, dtype=torch.long).expand(batch, steps)
+
+        def column_noise(k, t, like):
+            return torch.randn_like(like) if noise_fn is None else noise_fn(steps - 1 - k, like)
+
+        terms = self.vb_terms_at(model, x_start, t_columns, column_noise, clip_denoised, model_kwargs)
+        prior_bpd = self.prior_bpd(x_start)
+        return {"total_bpd": terms["vb"].sum(dim=1) + prior_bpd, "prior_bpd": prior_bpd, **terms}

@@ -8,9 +8,11 @@
 Per image: prior term KL(q(x_T | x_0) || N(0, I)) plus the S terms of the bound (KL of each reverse
 step, the discretised decoder NLL at t = 0), each with x_t drawn from (--seed, image index, t);
 upstream's calc_bpd_loop. The bound needs S network calls per image (S = --diffusion_steps, or the
-respaced count with --timestep_respacing). Prints "done N of M images: bpd=..." per round and the
-final mean with its standard error; writes to --out_dir: bpd.npz (per-image total_bpd, prior_bpd),
-vb_terms.npz / mse_terms.npz / xstart_mse_terms.npz (upstream's per-timestep means, decreasing t)
+respaced count with --timestep_respacing); --t_strata K estimates the same bound, unbiased, from K+1
+calls per image (stratified over t; the variance shows in the standard error), for a CPU budget.
+Prints "done N of M images: bpd=..." per round and the final mean with its standard error; writes to
+--out_dir: bpd.npz (per-image total_bpd, prior_bpd), vb_terms.npz / mse_terms.npz /
+xstart_mse_terms.npz (upstream's per-timestep means, decreasing t; vb_strata.npz with --t_strata)
 and bpd.json (summary and settings). Finished batches are kept in bpd.npz.parts/: rerun the same
 command to resume (the result does not change); SIGTERM/SIGINT stop at a batch boundary (exit
 143/130). Bad inputs give one line and exit status 2.

@@ -2,7 +2,9 @@
 
 The hashes in tests/data/behaviour_hashes.json were recorded with tests/tools/record_behaviour_hashes.py
 on the code before the refactor. Demo-model cases are compared only while the bundled demo checkpoint
-is the one they were recorded with (a retrained demo model changes its samples by design).
+is the one they were recorded with (a retrained demo model changes its samples by design). A case
+may list alternative hashes: the bytes the same code writes on a CPU whose float32 kernels round
+differently (added with the tool's --add_alternatives, which says on which CPU).
 """
 
 import hashlib
@@ -37,4 +39,6 @@ def test_npz_bytes_unchanged(name, tmp_path):
     assert res.returncode == 0, res.stderr
     with open(out_dir / case.filename, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    assert digest == RECORDED["cases"][name]["sha256"]
+    entry = RECORDED["cases"][name]
+    # the recorded bytes, or those the same code writes on a CPU whose float32 kernels round otherwise
+    assert digest in [entry["sha256"], *entry.get("sha256_alternatives", [])]

@@ -124,10 +124,14 @@ def test_reference_p_mean_variance_and_training_losses():
     model.eval()
     with torch.no_grad():
         out = diffusion.p_mean_variance(model, ref["x_t"], ref["t"], clip_denoised=True)
-        for key in ("mean", "variance", "log_variance", "pred_xstart"):
+        # pred_xstart = (x_t - sqrt(1 - a) eps) / sqrt(a) carries the network's float32 rounding, which
+        # differs between CPU kernels (AVX2 / AVX-512), times up to sqrt(1/a - 1) = 1.9 (t = 684):
+        # 1.26e-5 measured on an AMD EPYC, under 1e-5 on the machine that made the vectors; a wrong
+        # formula is off by 1e-3 or more.
+        for key, tol in (("mean", 1e-5), ("variance", 1e-5), ("log_variance", 1e-5), ("pred_xstart", 5e-5)):
             expected = ref["p_mean_variance"][key]
             rel = ((out[key] - expected).abs().max() / expected.abs().max()).item()
-            assert rel <= 1e-5, key
+            assert rel <= tol, (key, rel)
         losses = diffusion.training_losses(model, ref["x_start"], ref["t"], noise=ref["noise"])
     for key in ("loss", "mse", "vb"):
         expected = ref["training_losses"][key]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from guided_diffusion.generate import SampleNoise
-from guided_diffusion.nll_run import bpd_terms, read_bpd
+from guided_diffusion.nll_run import bpd_terms, read_bpd, stratify_timesteps
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,6 +91,53 @@ def test_bound_equals_direct_computation(analytic_model):
     assert torch.allclose(alone["total_bpd"], out["total_bpd"][:1], atol=1e-6)
 
 
+@pytest.mark.parametrize("steps, strata", [(10, 1), (10, 3), (10, 9), (1000, 64), (1000, 999), (4000, 100)])
+def test_strata_partition_the_timesteps(steps, strata):
+    bounds = stratify_timesteps(steps, strata)
+    assert len(bounds) == strata and bounds[0][0] == 1 and bounds[-1][1] == steps
+    assert all(hi > lo for lo, hi in bounds) and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    widths = [hi - lo for lo, hi in bounds]
+    assert widths[0] <= widths[-1] and max(widths) <= 2 * (steps - 1) / strata + 1  # narrow where t is small
+    if strata == steps - 1:
+        assert widths == [1] * strata
+
+
+@pytest.mark.parametrize("strata", [0, 10, -1])
+def test_strata_out_of_range(strata):
+    if strata == 0:
+        with pytest.raises(ValueError, match="--t_strata 0"):
+            stratify_timesteps(10, 0)
+    else:
+        with pytest.raises(ValueError, match=f"--t_strata {strata}: use 0"):
+            stratify_timesteps(10, strata)
+
+
+def test_stratified_estimate_uses_the_exact_terms(analytic_model):
+    """Each stratified column is the exact bound's term at its drawn t (same x_t); one stratum per
+    timestep gives the exact total; averaging the estimate over every draw gives the exact total."""
+    diffusion = create_gaussian_diffusion(steps=10, learn_sigma=True, noise_schedule="cosine")
+    model = analytic_model(diffusion, shape=(1, 4, 4), delta=0.2)
+    x0 = torch.randint(0, 256, (4, 1, 4, 4), generator=torch.Generator().manual_seed(1)).float() / 127.5 - 1
+    indices = torch.tensor([3, 8, 0, 11])
+    exact = bpd_terms(model, diffusion, x0, indices, seed=2)
+    vb = exact["vb"].double().flip(1)  # column t (calc_bpd_loop's columns run in decreasing t)
+    full = bpd_terms(model, diffusion, x0, indices, seed=2, t_strata=9)
+    assert torch.allclose(full["total_bpd"], exact["total_bpd"].double(), atol=1e-5)
+    est = bpd_terms(model, diffusion, x0, indices, seed=2, t_strata=3)
+    assert est["t"].shape == (4, 4) and est["vb"].shape == (4, 4) and (est["t"][:, -1] == 0).all()
+    assert torch.allclose(est["vb"].double(), vb.gather(1, est["t"]), atol=1e-6)
+    assert len(set(map(tuple, est["t"].tolist()))) > 1  # images draw their own timesteps
+    bounds = stratify_timesteps(10, 3)
+    for j, (lo, hi) in enumerate(bounds):
+        assert ((est["t"][:, 2 - j] >= lo) & (est["t"][:, 2 - j] < hi)).all()
+    # expectation over the draws (uniform in each stratum) = the exact total
+    mean_est = est["prior_bpd"].double() + vb[:, 0] + sum(vb[:, lo:hi].mean(1) * (hi - lo) for lo, hi in bounds)
+    assert torch.allclose(mean_est, exact["total_bpd"].double(), atol=1e-5)
+    widths = torch.tensor([hi - lo for lo, hi in bounds][::-1] + [1], dtype=torch.float64)
+    direct = est["prior_bpd"].double() + (est["vb"].double() * widths).sum(1)
+    assert widths.tolist() == [5, 3, 1, 1] and torch.allclose(est["total_bpd"], direct, atol=1e-9)
+
+
 # ------------------------------------------------------------------ the script
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -150,6 +197,19 @@ def test_script_outputs(files, reference):
     x, _ = ImageDataset(files["data"], 8, image_channels=1).get_batch(range(NUM))
     direct = bpd_terms(model.eval(), diffusion, x, torch.arange(NUM), seed=5)
     assert np.allclose(arrays["total_bpd"], direct["total_bpd"].double().numpy(), atol=1e-5)
+
+
+def test_script_stratified(files, tmp_path):
+    out = str(tmp_path / "strata")
+    summary = run_here(files, out, t_strata=4)
+    assert summary["estimator"] == "stratified" and summary["terms_per_image"] == 5 and summary["steps"] == 10
+    with np.load(os.path.join(out, "vb_strata.npz")) as z:
+        t, vb, weights = z["t"], z["vb"], z["weights"]
+    assert t.shape == vb.shape == (NUM, 5) and weights.sum() == 10
+    _, arrays = read_bpd(out)
+    assert np.allclose(arrays["total_bpd"], arrays["prior_bpd"] + (vb * weights).sum(1), atol=1e-5)
+    assert not os.path.exists(os.path.join(out, "vb_terms.npz"))
+    assert not os.path.exists(os.path.join(out, "bpd.npz.parts"))
 
 
 @pytest.mark.integration
@@ -214,6 +274,7 @@ def test_changed_settings_refused(files, tmp_path, capsys):
     (dict(model_path="/nonexistent.pt"), "--model_path /nonexistent.pt: no such file"),
     (dict(num_channels=64), "does not fit the model flags"),
     (dict(num_samples=0), "must be >= 1"),
+    (dict(t_strata=10), "--t_strata 10: use 0 (every timestep) or 1..9"),
 ])
 def test_bad_inputs_one_line_exit_2(files, tmp_path, change, expect):
     res = run_proc(flags(files, str(tmp_path / "o"), **change))
