@@ -58,12 +58,18 @@ def assert_uncorrelated_rows(rows, what):
 
 
 def test_matches_recorded_reference():
-    """Exact float32 / int64 values recorded with the generator before its speed-up (issue 13)."""
+    """Float32 / int64 values recorded with the generator before its speed-up (issue 13).
+
+    The hashes (integers) are bit-exact everywhere; the normals were bit-exact on the recording CPU,
+    and on a CPU with other vector kernels (AVX2 vs AVX-512) torch's log / cos / sin round within
+    2 ulp (measured: 2.2e-7 relative on an AMD EPYC, AVX2), so they are compared to 5e-7 relative.
+    """
     ref = torch.load(REFERENCE)
     for case in ref["normal"]:
         z = SampleNoise(case["seed"]).normal(torch.tensor(case["indices"]), case["stream"], case["shape"])
         assert z.dtype == torch.float32 and z.shape == case["value"].shape
-        assert torch.equal(z, case["value"]), {k: case[k] for k in ("seed", "indices", "stream", "shape")}
+        assert torch.allclose(z, case["value"], rtol=5e-7, atol=1e-7), \
+            {k: case[k] for k in ("seed", "indices", "stream", "shape")}
     for case in ref["integers"]:
         v = SampleNoise(case["seed"]).integers(torch.tensor(case["indices"]), case["stream"], case["high"])
         assert v.dtype == torch.int64 and torch.equal(v, case["value"])
