@@ -104,8 +104,9 @@ def bpd_terms(model, diffusion, x, indices, *, seed, clip_denoised=True, model_k
 
         total_bpd = prior_bpd + vb_0 + sum_j |stratum j| * vb_{t_j},
 
-    whose expectation over the draws is the exact total of the same noise (up to the 2^-32 modulo bias
-    of the integer draw), each vb_t being the one ``calc_bpd_loop`` computes (same x_t). Returns "total_bpd", "prior_bpd" (B,), "vb", "mse",
+    whose expectation over the draws is the exact total of the same noise (up to the modulo bias of
+    the 32-bit integer draw: pick probabilities off by under width / 2^32), each vb_t being the one
+    ``calc_bpd_loop`` computes (same x_t). Returns "total_bpd", "prior_bpd" (B,), "vb", "mse",
     "xstart_mse" (B, K+1) and "t" (B, K+1) int64 in that case.
     """
     noise = SampleNoise(seed)
