@@ -293,7 +293,7 @@ def _finish(job, parts_dir, num, steps, sha, diffusion_steps):
     stratified = bool(cfg.t_strata)
     keys = ("total_bpd", "prior_bpd") + (("t", "vb") if stratified else ())
     cols = {k: [] for k in keys}
-    sums = {k: np.zeros(steps, dtype=np.float64) for k in TERMS}
+    sums = {} if stratified else {k: np.zeros(steps, dtype=np.float64) for k in TERMS}  # per-step means
     cursor = 0
     for start, end, name in sample_parts.list_parts(parts_dir):
         if end <= cursor or start >= num:
@@ -302,7 +302,7 @@ def _finish(job, parts_dir, num, steps, sha, diffusion_steps):
         lo, hi = cursor - start, min(end, num) - start
         for k in cols:
             cols[k].append(arrays[k][lo:hi].astype(np.int64 if k == "t" else np.float64))
-        for k in TERMS:
+        for k in sums:
             sums[k] += arrays[k][lo:hi].astype(np.float64).sum(axis=0)
         cursor = start + hi
     if cursor < num:
