@@ -343,6 +343,13 @@ def write_report(args, cells, results):
                         color=palette(families.index(family(sampler)) % palette.N),
                         linestyle="-" if p["ts"] else "--", alpha=1.0 if p["ts"] else 0.8)
     ax.set_xscale("log")
+    nfes = sorted({c["nfe"] for c in cells if c["grid"] and c["key"] in results})
+    if nfes:  # label the NFEs measured, in plain numbers (log-axis defaults read 2x10^1, 2.02x10^1, ...)
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xticks(nfes)
+        ax.set_xticklabels([str(n) for n in nfes], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel("FID (± bootstrap sd)")
     ax.set_title("dashed: plain sampler; solid, same colour: with the time shift", fontsize=8)
