@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from guided_diffusion.dataset_prep import (
+from guided_diffusion.data.prep import (
     Outputs, PrepError, add_overwrite_arg, center_crop_arr, images_entry, list_images,
     make_parser, open_image, positive_int, precheck_outputs, require_dir, require_file,
     run_main, write_npz,

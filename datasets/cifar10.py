@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from guided_diffusion.dataset_prep import (
+from guided_diffusion.data.prep import (
     Outputs, PrepError, add_overwrite_arg, load_pickle_batch, make_parser, planes_to_nhwc,
     precheck_outputs, require_dir, run_main, save_png, write_npz,
 )

@@ -18,7 +18,7 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from guided_diffusion.dataset_prep import (
+from guided_diffusion.data.prep import (
     Outputs, PrepError, add_overwrite_arg, make_parser, positive_int, precheck_outputs,
     require_dir, run_main, write_npz,
 )

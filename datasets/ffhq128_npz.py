@@ -9,7 +9,7 @@ Output: arr_0 uint8 (N, S, S, 3) RGB, in sorted path order.
 
 import functools
 
-from guided_diffusion.dataset_prep import (
+from guided_diffusion.data.prep import (
     Outputs, PrepError, add_overwrite_arg, center_crop_arr, images_entry, list_images,
     make_parser, open_image, positive_int, precheck_outputs, require_dir, run_main,
     write_npz,

@@ -12,7 +12,7 @@ Output: --out_dir PNG folder and/or --out npz with arr_0 uint8 (N, S, S, 3).
 
 import os
 
-from guided_diffusion.dataset_prep import (
+from guided_diffusion.data.prep import (
     Outputs, PrepError, add_overwrite_arg, images_entry, lsun_resize_crop, make_parser,
     open_image, positive_int, precheck_outputs, require_dir, run_main, save_png, write_npz,
 )

@@ -582,7 +582,7 @@ def load_inception(path=None, device="cpu"):
     path = os.path.abspath(resolve_weights_path(path))
     net = _load_cpu(path)
     if torch.device(device).type == "cpu":
-        # NHWC convolutions: about 1.5x faster on this project's CPU (scripts/benchmark_evaluator.py);
+        # NHWC convolutions: about 1.5x faster on this project's CPU (tools/benchmark_evaluator.py);
         # features agree with the NCHW network to ~3e-5 (float rounding; tests/test_evaluator.py).
         return net.to(memory_format=torch.channels_last)
     import copy

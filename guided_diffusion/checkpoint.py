@@ -5,10 +5,7 @@ import os
 import re
 
 import torch
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the model flags."""
+from .errors import CheckpointError  # noqa: F401 (raised here; defined with the other user errors)
 
 
 def _as_state_dict(obj, path):

@@ -27,7 +27,7 @@ def demo_available():
 def demo_settings():
     """{flag: value} that select the demo model: model_path, its model flags, data_type, model_type."""
     if not demo_available():
-        from .checkpoint import CheckpointError
+        from .errors import CheckpointError
 
         raise CheckpointError(
             f"no --model_path given and the bundled demo model is missing ({DEMO_CHECKPOINT}); "

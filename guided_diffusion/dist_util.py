@@ -276,7 +276,7 @@ def check_all(exc):
 
     :param exc: this rank's exception, or None.
     """
-    from .io_util import StopRun
+    from .errors import StopRun
 
     failed = [r for r in all_gather_object(None if exc is None else get_rank()) if r is not None]
     if not failed:
@@ -288,7 +288,7 @@ def check_all(exc):
 
 def on_rank0(fn):
     """Collective: ``fn()`` on rank 0, its result broadcast; if it raised, rank 0 re-raises, the others StopRun."""
-    from .io_util import StopRun
+    from .errors import StopRun
 
     result, exc = None, None
     if get_rank() == 0:

@@ -2,7 +2,7 @@
 
 Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (learned variances, cosine schedule), Song et al.
 2021 (DDIM). Upstream method names and semantics of guided-diffusion are kept, so code written
-against its API keeps working; the loops are in :mod:`guided_diffusion.sampling` (the loop driver
+against its API keeps working; the loops are in :mod:`guided_diffusion.sampler.loop` (the loop driver
 and the mixin that gives this class upstream's ``p_sample_loop`` / ``ddim_sample_loop`` methods).
 
 Index spaces. ``t`` arguments are (B,) int64 **respaced** indices 0..S-1 into this object's tables
@@ -16,7 +16,7 @@ import enum
 import numpy as np
 import torch
 
-from .sampling import UpstreamLoopsMixin
+from .sampler.loop import UpstreamLoopsMixin
 from .training_losses import TrainingLossesMixin, input_perturbation_schedule
 
 

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_resize import center_crop_arr
+from .data.resize import center_crop_arr
 from .io_util import derive_seed
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")

@@ -184,7 +184,7 @@ def create_gaussian_diffusion(
 
     The time-shift flags (TS-DPM's API) set ``upstream_time_shift``, the shift that the
     upstream-named loops (``ddim_sample_loop``, ``p_sample_loop``, ...) use when they are not
-    given ``time_shift=``. The loop driver itself (:mod:`guided_diffusion.sampling`) only takes
+    given ``time_shift=``. The loop driver itself (:mod:`guided_diffusion.sampler.loop`) only takes
     explicit settings.
     """
     betas = get_named_beta_schedule(noise_schedule, steps)

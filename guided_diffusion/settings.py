@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .resample import SCHEDULE_SAMPLERS
-from .time_shift import TS_RULES
+from .sampler.time_shift import TS_RULES
 
 SOLVER_NAMES = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
 
@@ -138,8 +138,8 @@ class TimeShiftConfig:
                            "(ablation: every eligible step takes the window's noisy edge)", choices=TS_RULES)
 
     def to_time_shift(self):
-        """The :class:`~guided_diffusion.time_shift.TimeShift` these flags ask for, or None."""
-        from .time_shift import TimeShift
+        """The :class:`~guided_diffusion.sampler.time_shift.TimeShift` these flags ask for, or None."""
+        from .sampler.time_shift import TimeShift
 
         if not self.do_time_shift:
             return None

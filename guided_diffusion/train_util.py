@@ -38,7 +38,9 @@ import time
 
 import torch
 
-from . import dist_util, logger
+from . import dist_util
+
+from . import logger
 from .checkpoint import CheckpointError, check_state_dict
 from .fp16_util import MixedPrecisionTrainer
 from .io_util import derive_seed
@@ -466,9 +468,9 @@ def finish_run(loop, world_size, ema_rates=None):
     """Run ``loop`` until done or a SIGTERM/SIGINT on any rank, then close the log and the processes.
 
     On a signal the loop saves a checkpoint after the current step; this prints the command that
-    resumes from it and exits 128 + signal (:func:`guided_diffusion.job_control.preempt`).
+    resumes from it and exits 128 + signal (:func:`guided_diffusion.jobs.control.preempt`).
     """
-    from . import job_control
+    from .jobs import control as job_control
 
     logger.log(f"training from step {loop.step}")
     with job_control.StopSignals(what="saving a checkpoint after this step") as signals:

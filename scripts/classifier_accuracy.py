@@ -22,7 +22,8 @@ import torch
 
 from guided_diffusion.checkpoint import CheckpointError, load_checkpoint_into
 from guided_diffusion.classifier_train_util import top_k_correct
-from guided_diffusion.io_util import run_cli, write_text_atomic
+from guided_diffusion.io_util import write_text_atomic
+from guided_diffusion.cli import run_cli
 from guided_diffusion.script_util import classifier_from_configs
 from guided_diffusion.settings import (
     ClassifierConfig,
@@ -112,7 +113,7 @@ def main(argv=None):
         write_text_atomic(args.out_json, json.dumps(result, indent=1, sort_keys=True) + "\n")
         print(f"wrote {args.out_json}", flush=True)
     if args.class_grid:
-        from guided_diffusion.image_io import class_rows, save_grid_png
+        from guided_diffusion.jobs.figures import class_rows, save_grid_png
 
         rows = class_rows(images, labels, args.per_class, clf_cfg.classifier_num_classes)
         if rows.shape[-1] == 1:

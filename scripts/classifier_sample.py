@@ -28,8 +28,8 @@ The classifier's SHA-256 and the classifier flags are part of the resume metadat
 """
 
 
-from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import GUIDANCE_GROUPS, parse_sampling_flags, run_sampling_on_ranks
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import GUIDANCE_GROUPS, parse_sampling_flags, run_sampling_on_ranks
 from guided_diffusion.settings import ClassifierConfig, GuidanceConfig, add_settings
 
 

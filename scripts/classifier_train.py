@@ -34,7 +34,7 @@ import torch
 from guided_diffusion import dist_util, logger
 from guided_diffusion.classifier_train_util import ClassifierTrainLoop
 from guided_diffusion.image_datasets import ImageDataset, StepBatcher
-from guided_diffusion.io_util import run_cli
+from guided_diffusion.cli import run_cli
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import create_classifier_and_diffusion
 from guided_diffusion.settings import (

@@ -35,10 +35,11 @@ import os
 import sys
 import time
 
-from guided_diffusion.io_util import run_cli, save_figure_atomic, write_text_atomic
-from guided_diffusion.sample_run import parse_sampling_flags, run_sampling, sampling_parser
+from guided_diffusion.io_util import save_figure_atomic, write_text_atomic
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling, sampling_parser
 from guided_diffusion.settings import SOLVER_NAMES, format_number
-from guided_diffusion.time_shift import TS_RULES
+from guided_diffusion.sampler.time_shift import TS_RULES
 
 PRESETS = {
     "paper": {5: (80, 300), 10: (40, 300), 20: (30, 300), 50: (8, 300), 100: (2, 300)},
@@ -101,7 +102,7 @@ def sampler_label(name):
 
 def solver_nfe(solver, steps):
     """Network evaluations of ``steps`` steps of ``solver`` (the S-/F-PNDM warm-up costs extra)."""
-    from guided_diffusion.solvers import nfe
+    from guided_diffusion.sampler.solvers import nfe
 
     return steps if solver in ("ddim", "ddpm") else nfe(solver, steps, ends_clean=True)
 

@@ -21,8 +21,8 @@ command to resume (the result does not change); SIGTERM/SIGINT stop at a batch b
 import argparse
 
 from guided_diffusion import dist_util
-from guided_diffusion.io_util import run_cli
-from guided_diffusion.nll_run import NllJob, run_nll
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.nll import NllJob, run_nll
 from guided_diffusion.settings import (
     DiffusionConfig,
     ModelConfig,

@@ -25,8 +25,8 @@ With no --model_path and no model flags it samples the bundled demo model (see i
 """
 
 
-from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import parse_sampling_flags, run_sampling_on_ranks
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling_on_ranks
 
 
 def main(argv=None):

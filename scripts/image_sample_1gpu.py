@@ -26,8 +26,8 @@ SIGTERM / SIGINT finish the batch in flight, print the resume command and exit 1
 
 import os
 
-from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling
 
 
 def main(argv=None):

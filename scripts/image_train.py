@@ -26,7 +26,7 @@ import torch
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import ImageDataset, StepBatcher
-from guided_diffusion.io_util import run_cli
+from guided_diffusion.cli import run_cli
 from guided_diffusion.script_util import args_to_dict, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.settings import MODEL_DIFFUSION_GROUPS, TrainConfig, add_settings
 from guided_diffusion.train_util import (

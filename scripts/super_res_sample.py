@@ -20,8 +20,8 @@ SIGTERM/SIGINT: as image_sample.py; the base samples' SHA-256 is part of the res
 
 import argparse
 
-from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import SUPER_RES_GROUPS, parse_sampling_flags, run_sampling_on_ranks
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import SUPER_RES_GROUPS, parse_sampling_flags, run_sampling_on_ranks
 from guided_diffusion.settings import (
     SAMPLING_GROUPS,
     BaseSamplesConfig,

@@ -21,7 +21,7 @@ import torch
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import ImageDataset, LowResBatcher, StepBatcher
-from guided_diffusion.io_util import run_cli
+from guided_diffusion.cli import run_cli
 from guided_diffusion.script_util import sr_create_model_and_diffusion
 from guided_diffusion.settings import (
     DiffusionConfig,

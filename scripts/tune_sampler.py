@@ -13,7 +13,7 @@ With no --model_path and no model flags it tunes the bundled demo model. Every o
 scripts/image_sample_1gpu.py (model, diffusion, --solver, --use_ddim, --seed, --batch_size, ...)
 is accepted, except those the tuner sets itself (the searched settings, --num_samples, --out_dir).
 Every evaluation is cached under --cache_dir by checkpoint SHA-256, so a rerun evaluates nothing
-and an interrupted run resumes. See guided_diffusion/tuning.py and README "Tuning the sampler".
+and an interrupted run resumes. See guided_diffusion/jobs/tuning.py and README "Tuning the sampler".
 """
 
 import argparse
@@ -22,11 +22,13 @@ import os
 import sys
 
 from evaluations.inception import InceptionWeightsError
-from guided_diffusion import tuning
-from guided_diffusion.io_util import run_cli, user_errors, write_text_atomic
-from guided_diffusion.sample_run import parse_sampling_flags, sampling_parser
+from guided_diffusion.jobs import tuning as tuning
+from guided_diffusion.io_util import write_text_atomic
+from guided_diffusion.cli import run_cli
+from guided_diffusion.errors import user_errors
+from guided_diffusion.jobs.sample import parse_sampling_flags, sampling_parser
 from guided_diffusion.settings import OneLineErrorParser, finite_float, nonneg_int, str2bool
-from guided_diffusion.time_shift import TS_RULES
+from guided_diffusion.sampler.time_shift import TS_RULES
 
 
 def _list(parse, name):

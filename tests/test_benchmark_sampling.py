@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark_sampling.py"), "--config", "tiny",
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark_sampling.py"), "--config", "tiny",
          "--batch_size", "2", "--steps", "4", "--repeats", "1", "--warmup", "0", "--autocast", "bf16",
          "--channels_last", "True", "--json", str(out)],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -25,7 +25,7 @@ def test_benchmark_runs_tiny(tmp_path):
 def test_fast_path_fp32_equals_plain():
     import torch
 
-    from guided_diffusion.fast_path import apply_fast_path
+    from guided_diffusion.sampler.fast_path import apply_fast_path
     from guided_diffusion.script_util import create_model
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def test_benchmark_noise_only(tmp_path):
     """--noise_only times SampleNoise against torch.randn and prints/stores their ratio."""
     out = tmp_path / "noise.json"
     res = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark_sampling.py"), "--noise_only", "True",
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark_sampling.py"), "--noise_only", "True",
          "--batch_size", "4", "--noise_repeats", "3", "--device", "cpu", "--json", str(out)],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr

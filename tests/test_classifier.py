@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.conditioning import ClassifierGuidance, classifier_log_prob_grad
-from guided_diffusion.generate import LABEL_STREAM, SampleNoise
-from guided_diffusion.io_util import run_cli
-from guided_diffusion.sample_run import GUIDANCE_GROUPS, SamplingJob
+from guided_diffusion.sampler.conditioning import ClassifierGuidance, classifier_log_prob_grad
+from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import GUIDANCE_GROUPS, SamplingJob
 from guided_diffusion.script_util import (
     classifier_and_diffusion_defaults,
     classifier_defaults,
@@ -384,7 +384,7 @@ def test_classifier_accuracy_script(files, tmp_path):
 
 def test_class_rows_one_row_per_class():
     """class_rows: row c holds the first per_class images labelled c, in order; short rows padded black."""
-    from guided_diffusion.image_io import class_rows
+    from guided_diffusion.jobs.figures import class_rows
 
     images = np.arange(1, 7, dtype=np.uint8).reshape(6, 1, 1, 1) * 10  # image k has value 10 (k + 1)
     labels = np.array([2, 0, 2, 0, 2, 0])
@@ -417,7 +417,7 @@ def test_classifier_accuracy_class_grid_and_bad_labels(files, tmp_path, capsys):
 
 def test_pndm_warmup_stages_are_guided_too():
     """S-/F-PNDM's extra network calls get the same score-form guidance as the main call."""
-    from guided_diffusion.sampling import _pndm_stage_arguments
+    from guided_diffusion.sampler.loop import _pndm_stage_arguments
 
     diffusion = create_gaussian_diffusion(steps=40, noise_schedule="cosine", timestep_respacing="ddim4")
     net = lambda x, t, **kw: 0.3 * x + t[:, None, None, None] / 100  # noqa: E731

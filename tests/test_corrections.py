@@ -1,11 +1,11 @@
-"""Epsilon Scaling and DCW (guided_diffusion/corrections.py): hand computations, identities, validation."""
+"""Epsilon Scaling and DCW (guided_diffusion/sampler/corrections.py): hand computations, identities, validation."""
 
 import math
 
 import pytest
 import torch
 
-from guided_diffusion.corrections import (
+from guided_diffusion.sampler.corrections import (
     Corrections,
     apply_eps_scaling,
     dcw_correct,

@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = os.path.join(REPO, "datasets")
 SCRIPTS = ["cifar10", "celeba64_npz", "lsun", "imagenet32_npz", "ffhq128_npz", "fashion_mnist"]
 
-import guided_diffusion.dataset_prep as _common  # noqa: E402
+import guided_diffusion.data.prep as _common  # noqa: E402
 
 try:
     import lmdb

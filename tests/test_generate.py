@@ -1,4 +1,4 @@
-"""Statistics and addressing of the per-sample noise generator (guided_diffusion/generate.py).
+"""Statistics and addressing of the per-sample noise generator (guided_diffusion/sampler/generate.py).
 
 Every tolerance is a number of standard errors of the statistic under the null hypothesis
 ("independent standard normals"), computed from the sample size: ``Z`` standard errors for one
@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
-from guided_diffusion.generate import LABEL_STREAM, SampleNoise
+from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise
 
 Z = 6.0
 Z_MANY = 7.0

@@ -82,7 +82,7 @@ def test_center_crop_rule_matches_upstream_description():
 
 
 def test_center_crop_same_as_prep_scripts():
-    import guided_diffusion.dataset_prep as _common
+    import guided_diffusion.data.prep as _common
     rng = np.random.RandomState(1)
     for shape in [(70, 150, 3), (33, 33), (200, 64, 3), (16, 16, 3)]:
         img = Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8))

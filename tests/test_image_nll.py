@@ -1,4 +1,4 @@
-"""Bits/dim (guided_diffusion.nll_run, scripts/image_nll.py): the bound against a direct computation of
+"""Bits/dim (guided_diffusion.jobs.nll, scripts/image_nll.py): the bound against a direct computation of
 its terms for a small T, per-sample noise, kill + resume, processes, bad inputs."""
 
 import math
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.generate import SampleNoise
-from guided_diffusion.nll_run import bpd_terms, read_bpd, stratify_timesteps
+from guided_diffusion.sampler.generate import SampleNoise
+from guided_diffusion.jobs.nll import bpd_terms, read_bpd, stratify_timesteps
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,7 +240,7 @@ def test_two_processes_same_result(files, reference, tmp_path):
 
 
 def test_changed_settings_refused(files, tmp_path, capsys):
-    from guided_diffusion.io_util import run_cli
+    from guided_diffusion.cli import run_cli
 
     out = str(tmp_path)
     os.makedirs(os.path.join(out, "bpd.npz.parts"))
@@ -248,7 +248,7 @@ def test_changed_settings_refused(files, tmp_path, capsys):
 
     main = runpy.run_path(SCRIPT)["main"]
     # leave a part behind with seed 5, then ask for seed 6
-    from guided_diffusion import nll_run
+    from guided_diffusion.jobs import nll as nll_run
 
     original = nll_run.write_part
     try:

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from guided_diffusion import io_util
+from guided_diffusion import cli, io_util
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_atomic_outputs_get_the_mode_of_a_plain_open(tmp_path, umask_022):
 
 
 def test_evaluator_stats_and_png_grid_modes(tmp_path, umask_022):
-    from guided_diffusion.image_io import save_comparison_png, save_grid_png
+    from guided_diffusion.jobs.figures import save_comparison_png, save_grid_png
 
     imgs = np.zeros((4, 8, 8, 3), np.uint8)
     save_grid_png(tmp_path / "g.png", imgs)
@@ -80,7 +80,7 @@ def test_run_cli_one_line(capsys):
         raise ValueError("--flag is bad\nsecond line")
 
     with pytest.raises(SystemExit) as exc:
-        io_util.run_cli(main, [])
+        cli.run_cli(main, [])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--flag is bad second line" in err

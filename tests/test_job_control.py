@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import job_control, sample_parts
-from guided_diffusion.io_util import Preempted, run_cli
-from guided_diffusion.job_control import OutputLock, OutputLockedError, lock_path_for
-from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
+from guided_diffusion.jobs import control as job_control
+
+from guided_diffusion.jobs import parts as sample_parts
+from guided_diffusion.cli import run_cli
+from guided_diffusion.errors import Preempted
+from guided_diffusion.jobs.control import OutputLock, OutputLockedError, lock_path_for
+from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

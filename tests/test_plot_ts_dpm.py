@@ -1,11 +1,11 @@
-"""scripts/plot_ts_dpm.py: draws the four-panel figure from the demo model; bad flags: one line, exit 2, no file."""
+"""tools/plot_ts_dpm.py: draws the four-panel figure from the demo model; bad flags: one line, exit 2, no file."""
 
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "plot_ts_dpm.py")
+SCRIPT = os.path.join(ROOT, "tools", "plot_ts_dpm.py")
 
 
 def run(tmp_path, *flags):

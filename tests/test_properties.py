@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from guided_diffusion.schedules import get_named_beta_schedule, space_timesteps
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
 from guided_diffusion.script_util import model_and_diffusion_defaults
-from guided_diffusion.time_shift import TS_RULES, TimeShift, is_eligible, per_sample_variance, shift_target
+from guided_diffusion.sampler.time_shift import TS_RULES, TimeShift, is_eligible, per_sample_variance, shift_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "image_sample_1gpu.py")

@@ -1,4 +1,4 @@
-"""guided_diffusion.sample_run (and scripts/image_sample.py): same npz bytes for any process count /
+"""guided_diffusion.jobs.sample (and scripts/image_sample.py): same npz bytes for any process count /
 batch size, resume, refusals, NaN stop.
 
 A tiny class-conditional model (8 px, 32 channels, 4 DDIM steps) is written by the tests. Runs
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import sample_parts
-from guided_diffusion.generate import LABEL_STREAM, SampleNoise
-from guided_diffusion.io_util import run_cli, write_npz_streaming
-from guided_diffusion.sample_run import parse_sampling_flags, run_sampling
+from guided_diffusion.jobs import parts as sample_parts
+from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise
+from guided_diffusion.io_util import write_npz_streaming
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,7 +227,7 @@ def test_run_metadata_json(ckpts, tmp_path):
 def test_grid_start_warning():
     """quadN / pndmN end at 0.8 T: with the cosine schedule that start keeps alpha_bar ~0.09 of signal,
     which the loops ignore (they start from pure noise), so the run warns; ddimN and linear do not."""
-    from guided_diffusion.sample_run import grid_start_warning
+    from guided_diffusion.jobs.sample import grid_start_warning
     from guided_diffusion.script_util import create_gaussian_diffusion
 
     def warning(schedule, respacing):

@@ -6,8 +6,8 @@ import torch
 
 from guided_diffusion.gaussian_diffusion import ModelVarType
 from guided_diffusion.script_util import create_gaussian_diffusion
-from guided_diffusion.sampling import Sampler, final_sample, sample_loop_progressive
-from guided_diffusion.time_shift import TimeShift
+from guided_diffusion.sampler.loop import Sampler, final_sample, sample_loop_progressive
+from guided_diffusion.sampler.time_shift import TimeShift
 from reference_models import AnalyticEpsModel
 
 SHAPE = (3, 3, 8, 8)
@@ -204,9 +204,9 @@ def test_explicit_time_shift_overrides_the_diffusion_default():
 
 
 # ------------------------------------------------------------------ corrections and solvers in the loop
-from guided_diffusion.corrections import Corrections, dcw_correct  # noqa: E402
-from guided_diffusion.solvers import eps_from_x0, get_solver, nfe  # noqa: E402
-from guided_diffusion.time_shift import shift_target  # noqa: E402
+from guided_diffusion.sampler.corrections import Corrections, dcw_correct  # noqa: E402
+from guided_diffusion.sampler.solvers import eps_from_x0, get_solver, nfe  # noqa: E402
+from guided_diffusion.sampler.time_shift import shift_target  # noqa: E402
 
 
 def _loop(d, model, sampler, x_T=None, noises=None):

@@ -1,4 +1,4 @@
-"""Time grid ``quadN`` and the deterministic solvers of ``guided_diffusion/solvers.py``."""
+"""Time grid ``quadN`` and the deterministic solvers of ``guided_diffusion/sampler/solvers.py``."""
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from guided_diffusion.schedules import get_named_beta_schedule  # noqa: E402
 from guided_diffusion.script_util import create_gaussian_diffusion  # noqa: E402
-from guided_diffusion.solvers import (  # noqa: E402
+from guided_diffusion.sampler.solvers import (  # noqa: E402
     DDIM,
     IPNDM,
     SOLVERS,
@@ -347,7 +347,7 @@ def test_shift_off_is_bit_identical_and_shift_is_per_sample(name):
 # ----------------------------------------------------------------------------- convergence
 def _convergence_module():
     spec = importlib.util.spec_from_file_location(
-        "solver_convergence", os.path.join(ROOT, "scripts", "solver_convergence.py"))
+        "solver_convergence", os.path.join(ROOT, "tools", "solver_convergence.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -398,7 +398,7 @@ def test_solvers_module_depends_on_torch_only():
 
 def test_pndm_grid_is_the_ddpm_backbone_repo_grid():
     """pndmN keeps the DDPM-backbone repo's timesteps (its sample_speed N: N - 1 steps at T = 1000)."""
-    from guided_diffusion.solvers import pndm_time_pairs
+    from guided_diffusion.sampler.solvers import pndm_time_pairs
 
     for n in (5, 10, 20, 100):
         assert sorted(space_timesteps(1000, f"pndm{n}"), reverse=True) == [t for t, _ in pndm_time_pairs(n)]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.conditioning import LowResInputs
+from guided_diffusion.sampler.conditioning import LowResInputs
 from guided_diffusion.image_datasets import ImageDataset, LowResBatcher, StepBatcher
 from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
 from official_configs import OFFICIAL_UPSAMPLER_CONFIGS

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guided_diffusion.script_util import create_gaussian_diffusion
-from guided_diffusion.time_shift import (
+from guided_diffusion.sampler.time_shift import (
     TS_RULES,
     TimeShift,
     edge_fraction,

@@ -135,7 +135,7 @@ def test_checkpoints_load_strictly_in_the_sampler(tmp_path, npz, train_script):
     state = torch.load(ema, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state.values())
 
-    from guided_diffusion.sample_run import build_model_and_diffusion, parse_sampling_flags
+    from guided_diffusion.jobs.sample import build_model_and_diffusion, parse_sampling_flags
 
     job, _ = parse_sampling_flags(_flags({**TINY, "dropout": 0.0}) + ["--model_path", ema])
     model, _ = build_model_and_diffusion(job, torch.device("cpu"))

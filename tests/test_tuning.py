@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import tuning
-from guided_diffusion.sample_run import SamplingJob
+from guided_diffusion.jobs import tuning as tuning
+from guided_diffusion.jobs.sample import SamplingJob
 from guided_diffusion.settings import TimeShiftConfig
-from guided_diffusion.tuning import PLAIN, EvalOptions, SearchSpace, Setting
+from guided_diffusion.jobs.tuning import PLAIN, EvalOptions, SearchSpace, Setting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "tune_sampler.py")

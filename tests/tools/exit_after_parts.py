@@ -7,7 +7,9 @@ import os
 import runpy
 import sys
 
-from guided_diffusion import nll_run, sample_parts
+from guided_diffusion.jobs import nll as nll_run
+
+from guided_diffusion.jobs import parts as sample_parts
 
 
 def _exit_after(module, limit, written):

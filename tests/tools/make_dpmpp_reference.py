@@ -11,7 +11,7 @@ alpha_bar is ours up to its float32 arithmetic), given an explicit timestep list
 analytic Gaussian-data model of ``tests/reference_models.py`` evaluated at the timesteps diffusers
 passes. The file keeps the inputs, the scheduler's own sigmas (so the test can feed the solver
 the exact alpha_bar diffusers used: a = 1 / (1 + sigma^2)) and every intermediate sample.
-``tests/test_solvers.py`` replays the cases with ``guided_diffusion.solvers.DPMSolverPP2M``.
+``tests/test_solvers.py`` replays the cases with ``guided_diffusion.sampler.solvers.DPMSolverPP2M``.
 """
 
 import os

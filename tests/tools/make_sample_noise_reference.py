@@ -16,7 +16,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from guided_diffusion.generate import LABEL_STREAM, SampleNoise  # noqa: E402
+from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise  # noqa: E402
 
 # (seed, indices, stream, shape): odd and even sizes, size 1, the CIFAR shape, large/wrapping
 # indices and seeds, the x_T stream (0), loop streams and the label stream.

@@ -12,7 +12,7 @@ import runpy
 import sys
 import time
 
-from guided_diffusion import sample_parts
+from guided_diffusion.jobs import parts as sample_parts
 
 
 def _rank():

@@ -4,7 +4,7 @@
 :func:`run_sampling` runs it. ``scripts/image_sample_1gpu.py``, ``scripts/image_sample.py``,
 ``scripts/fid_table.py`` and a notebook all call the same function::
 
-    from guided_diffusion.sample_run import SamplingJob, run_sampling
+    from guided_diffusion.jobs.sample import SamplingJob, run_sampling
     job = SamplingJob.from_flags(dict(timestep_respacing="ddim10", use_ddim=True, do_time_shift=True,
                                       window=40, cutoff=300, num_samples=64, out_dir="out"))
     path = run_sampling(job.with_demo_model())   # the bundled demo model; or set model_path + model flags
@@ -12,7 +12,7 @@
 How a run goes, with W processes (W = 1 without a process group):
 
 1. every rank checks the settings; rank 0 reads the checkpoint and broadcasts it (in chunks);
-2. rank 0 prepares ``OUT.npz.parts/`` (see :mod:`guided_diffusion.sample_parts`): finished parts
+2. rank 0 prepares ``OUT.npz.parts/`` (see :mod:`guided_diffusion.jobs.parts`): finished parts
    made with the same pixel settings are kept, different settings are refused, and the indices
    still missing are cut into batches of ``batch_size``;
 3. batch j goes to rank j % W; ranks work in rounds (one batch each) and after every round sum
@@ -38,14 +38,16 @@ from typing import Optional
 
 import torch
 
-from . import dist_util, job_control, sample_parts
-from .checkpoint import CheckpointError, load_checkpoint_into
-from .corrections import Corrections
-from .fast_path import apply_fast_path
-from .generate import generate_samples
-from .sampling import Sampler
-from .script_util import classifier_from_configs, create_model, create_sr_model, diffusion_from_config
-from .settings import (
+from .. import dist_util
+from . import control
+from . import parts as sample_parts
+from ..checkpoint import CheckpointError, load_checkpoint_into
+from ..sampler.corrections import Corrections
+from ..sampler.fast_path import apply_fast_path
+from ..sampler.generate import generate_samples
+from ..sampler.loop import Sampler
+from ..script_util import classifier_from_configs, create_model, create_sr_model, diffusion_from_config
+from ..settings import (
     SAMPLING_GROUPS,
     BaseSamplesConfig,
     ClassifierConfig,
@@ -103,7 +105,7 @@ def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None, 
     ``extras``: optional groups of the job (:data:`GUIDANCE_GROUPS`, :data:`SUPER_RES_GROUPS`);
     their flags must be in ``parser``. ``demo_model=False``: never switch to the demo model.
     """
-    from . import demo
+    from .. import demo
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = parser or sampling_parser(description, epilog)
@@ -113,7 +115,7 @@ def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None, 
 
 
 def sampler_from_configs(sampler_cfg, ts_cfg):
-    """The loop's :class:`~guided_diffusion.sampling.Sampler` from the settings: the one place they meet."""
+    """The loop's :class:`~guided_diffusion.sampler.loop.Sampler` from the settings: the one place they meet."""
     sampler_cfg.validate()
     c = sampler_cfg
     return Sampler(
@@ -179,7 +181,7 @@ class SamplingJob:
 
     def with_demo_model(self):
         """A copy that samples the bundled demo model (its checkpoint, model flags and names)."""
-        from . import demo
+        from .. import demo
 
         return self.with_flags(**demo.demo_settings())
 
@@ -290,7 +292,7 @@ def build_conditioning(job, device):
 
     import numpy as np
 
-    from .conditioning import ClassifierGuidance, LowResInputs
+    from ..sampler.conditioning import ClassifierGuidance, LowResInputs
 
     if job.guidance is not None:
         data, sha = _read_on_rank0(job.guidance.classifier_path, "--classifier_path")
@@ -336,7 +338,7 @@ def _say(text):
     sys.stderr.write(text + "\n")
 
 
-@job_control.sampling_job  # the output lock, SIGTERM/SIGINT at a round boundary (see job_control)
+@control.sampling_job  # the output lock, SIGTERM/SIGINT at a round boundary (see job_control)
 def run_sampling(job, device=None, on_part_written=None):
     """Generate samples 0..num_samples-1 of ``job`` over all ranks, resumably; rank 0 writes the npz.
 
@@ -346,7 +348,7 @@ def run_sampling(job, device=None, on_part_written=None):
     :param job: a :class:`SamplingJob`.
     :param device: torch device (default: this rank's, from ``dist_util.dev()``).
     :param on_part_written: optional callback ``(path)`` after each part file this rank writes.
-    :raises guided_diffusion.io_util.StopRun: on ranks other than the one that reports a failure.
+    :raises guided_diffusion.errors.StopRun: on ranks other than the one that reports a failure.
     """
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     device = dist_util.dev() if device is None else torch.device(device)
@@ -388,7 +390,7 @@ def run_sampling(job, device=None, on_part_written=None):
             _say(f"warning: {line}")
 
     # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
-    job_control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
+    control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
 
     def prepare():
         os.makedirs(run.out_dir, exist_ok=True)
@@ -444,7 +446,7 @@ def run_sampling(job, device=None, on_part_written=None):
             except Exception as e:  # reported to every rank after this round
                 exc = e
         count, failures, *stops = dist_util.all_reduce_ints([count, exc is not None,
-                                                             *job_control.current().signal_counts()])
+                                                             *control.current().signal_counts()])
         made += count
         if bar is not None:
             bar.update(count)
@@ -452,7 +454,7 @@ def run_sampling(job, device=None, on_part_written=None):
             if bar is not None:
                 bar.close()
             dist_util.check_all(exc)
-        job_control.current().stop_if_requested(stops, done=already + made, num_samples=run.num_samples,
+        control.current().stop_if_requested(stops, done=already + made, num_samples=run.num_samples,
                                                 parts_dir=parts_dir, bar=bar)  # SIGTERM/SIGINT on any rank
     if bar is not None:
         bar.close()
@@ -483,7 +485,7 @@ def run_sampling(job, device=None, on_part_written=None):
     if not run.keep_parts:
         sample_parts.remove_parts(parts_dir)
     if run.grid and grid is not None:
-        from .image_io import save_grid_png
+        from .figures import save_grid_png
 
         save_grid_png(run.grid, grid)
         print(f"wrote {run.grid}", flush=True)
@@ -530,7 +532,7 @@ def meta_path_for(npz_path):
 
 def network_evaluations(sampler, num_steps):
     """NFE of one sample: one network call per step, plus the S-/F-PNDM warm-up calls."""
-    from .solvers import nfe
+    from ..sampler.solvers import nfe
 
     return num_steps if sampler.kind in ("ddim", "ddpm") else nfe(sampler.kind, num_steps, ends_clean=True)
 
@@ -540,7 +542,7 @@ def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
     (``extra``: more entries, e.g. the classifier's SHA-256)."""
     import json
 
-    from .io_util import write_text_atomic
+    from ..io_util import write_text_atomic
 
     sampler = job.sampler_obj()
     meta = {
@@ -569,8 +571,8 @@ def write_trace(path, job, diffusion, timesteps):
     step (-1 where the step was not shifted), ``nominal`` (S,) the grid's original timesteps in loop
     order, ``window_lo`` / ``window_hi`` (S,) each step's clamped window (-1 where not eligible),
     ``edge_fraction`` (share of shifted picks on either edge of the window) and ``noisy_edge_fraction``."""
-    from .io_util import save_npz_atomic
-    from .time_shift import is_eligible, shift_trace, shift_window
+    from ..io_util import save_npz_atomic
+    from ..sampler.time_shift import is_eligible, shift_trace, shift_window
 
     tmap = diffusion.timestep_map
     S, T = len(tmap), len(diffusion.base_alphas_cumprod)
@@ -587,7 +589,7 @@ def write_trace(path, job, diffusion, timesteps):
 
 def write_compare_grid(job, model, diffusion, device, conditioning=None):
     """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds."""
-    from .image_io import save_comparison_png
+    from .figures import save_comparison_png
 
     n = min(job.run.grid_size, job.run.num_samples)
     plain = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=False))

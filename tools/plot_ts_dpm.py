@@ -1,6 +1,6 @@
 """Draw ts_dpm.png: what the time shift measures, what it chooses and what moves, with a real model.
 
-    python scripts/plot_ts_dpm.py --out ts_dpm.png --data data/fmnist_train32.npz --num_samples 128
+    python tools/plot_ts_dpm.py --out ts_dpm.png --data data/fmnist_train32.npz --num_samples 128
 
 Panel 1 (measured): the per-sample variance of the state x_t entering each DDIM step (mean and 10-90%
 band over the samples), against the noise level the sampler assumes (1 - alpha_bar_t), the table the
@@ -19,12 +19,13 @@ window 40, cutoff 300, 128 samples. Only the figure is written.
 import numpy as np
 import torch
 
-from guided_diffusion.generate import SampleNoise, to_uint8_rgb
-from guided_diffusion.io_util import run_cli, save_figure_atomic
-from guided_diffusion.sample_run import build_model_and_diffusion, parse_sampling_flags, sampling_parser
-from guided_diffusion.sampling import Sampler, sample_loop_progressive
+from guided_diffusion.sampler.generate import SampleNoise, to_uint8_rgb
+from guided_diffusion.io_util import save_figure_atomic
+from guided_diffusion.cli import run_cli
+from guided_diffusion.jobs.sample import build_model_and_diffusion, parse_sampling_flags, sampling_parser
+from guided_diffusion.sampler.loop import Sampler, sample_loop_progressive
 from guided_diffusion.settings import nonneg_int
-from guided_diffusion.time_shift import TimeShift, per_sample_variance, shift_window
+from guided_diffusion.sampler.time_shift import TimeShift, per_sample_variance, shift_window
 
 
 def create_parser():

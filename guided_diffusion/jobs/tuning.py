@@ -37,8 +37,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .io_util import sha256_file, write_text_atomic
-from .settings import TimeShiftConfig, format_number
+from ..io_util import sha256_file, write_text_atomic
+from ..settings import TimeShiftConfig, format_number
 
 CACHE_VERSION = 1
 FAMILIES = ("ts", "es", "dcw")
@@ -272,7 +272,7 @@ def _log(text):
 class Evaluator:
     """Samples and scores settings of one base job, every result cached on disk.
 
-    ``base_job``: a :class:`~guided_diffusion.sample_run.SamplingJob` (model, solver, steps, seed);
+    ``base_job``: a :class:`~guided_diffusion.jobs.sample.SamplingJob` (model, solver, steps, seed);
     ``ref``: the reference npz (statistics with ``pool_3`` features, or images).
     """
 
@@ -377,7 +377,7 @@ class Evaluator:
             return result, True
         from evaluations.evaluator import evaluate
 
-        from .sample_run import run_sampling
+        from .sample import run_sampling
 
         key = self.key(setting, num_samples)
         job = self.job_for(setting, num_samples)

@@ -2,7 +2,7 @@
 load_inception returns on the CPU), on the same images; prints seconds per image, the ratio, and the
 largest feature difference.
 
-    python scripts/benchmark_evaluator.py --num 64 --repeats 2
+    python tools/benchmark_evaluator.py --num 64 --repeats 2
 """
 
 import argparse
@@ -12,7 +12,7 @@ import time
 import torch
 
 from evaluations.inception import load_inception
-from guided_diffusion.io_util import run_cli
+from guided_diffusion.cli import run_cli
 from guided_diffusion.settings import nonneg_int
 
 

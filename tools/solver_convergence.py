@@ -1,6 +1,6 @@
 """Observed order of each deterministic solver on the exact probability-flow ODE of Gaussian data.
 
-    python scripts/solver_convergence.py [--steps 5,10,20,40,80] [--grid lambda|sigma|time]
+    python tools/solver_convergence.py [--steps 5,10,20,40,80] [--grid lambda|sigma|time]
                                          [--lam_start -5] [--lam_end 5] [--s 0.5]
 
 Data x0 ~ N(mu, s^2) per pixel, exact eps (no model error, no clipping). For a VP process the
@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from guided_diffusion.solvers import SOLVERS, get_solver, nfe, x0_from_eps
+from guided_diffusion.sampler.solvers import SOLVERS, get_solver, nfe, x0_from_eps
 
 LAMBDA_START, LAMBDA_END = -5.0, 5.0  # alpha_bar 4.5e-5 .. 0.99995
 

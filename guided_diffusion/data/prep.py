@@ -23,8 +23,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from .image_resize import center_crop_arr, crop_center  # noqa: F401 (re-exported for the data-set scripts)
-from .io_util import write_npz_streaming
+from .resize import center_crop_arr, crop_center  # noqa: F401 (re-exported for the data-set scripts)
+from ..io_util import write_npz_streaming
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp")
 

@@ -4,7 +4,7 @@ Two kinds, both addressed by the global sample index k (so image k is the same f
 or process count, as for unconditional sampling):
 
 * :class:`ClassifierGuidance` (Dhariwal & Nichol 2021, ``scripts/classifier_sample.py``): label
-  y_k is drawn from the per-sample label stream (as :mod:`guided_diffusion.generate` draws the
+  y_k is drawn from the per-sample label stream (as :mod:`guided_diffusion.sampler.generate` draws the
   labels of a class-conditional model), the diffusion model sees y_k only if it is
   class-conditional, and the loop's ``cond_fn`` is ``s * grad_x log p(y | x_t, t)`` of the
   noisy-image classifier (upstream's ``cond_fn``). The loop applies it in the mean form for DDPM
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LABEL_STREAM = 0x7FFF0000  # the per-sample class-label stream of guided_diffusion.generate.SampleNoise
+LABEL_STREAM = 0x7FFF0000  # the per-sample class-label stream of guided_diffusion.sampler.generate.SampleNoise
 
 
 class _WithoutLabels:

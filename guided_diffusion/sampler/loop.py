@@ -10,7 +10,7 @@ this fixed order (``docs``: samplers_beyond_ts.md section 0):
 3. the time shift, on eligible steps after the first: the rule picks each sample's target noise
    level (TS-DPM Algorithm 1; rules "adm", "pndm", "offset" read x_t, "adm-data" also x0_hat);
 4. the update to that target: DDIM (``GaussianDiffusion.ddim_step``), ancestral DDPM
-   (``ddpm_step``) or a solver of :mod:`guided_diffusion.solvers` (DPM-Solver++(2M), iPNDM,
+   (``ddpm_step``) or a solver of :mod:`guided_diffusion.sampler.solvers` (DPM-Solver++(2M), iPNDM,
    S-/F-PNDM, with their fixed-size history);
 5. DCW on the new state.
 
@@ -38,14 +38,14 @@ class Sampler:
     """Every setting of how the reverse process is walked; the schedule lives in the diffusion.
 
     :param kind: "ddim" (Song et al. eq. 12 with ``eta``), "ddpm" (ancestral, Ho et al. alg. 2), or a
-        deterministic solver: "dpm++2m", "ipndm", "s-pndm", "f-pndm" (:mod:`guided_diffusion.solvers`).
+        deterministic solver: "dpm++2m", "ipndm", "s-pndm", "f-pndm" (:mod:`guided_diffusion.sampler.solvers`).
     :param eta: DDIM's eta (0: deterministic); must be 0 for the others.
     :param clip_denoised: clip the predicted x0 to [-1, 1] at every step.
-    :param time_shift: a :class:`~guided_diffusion.time_shift.TimeShift`, or None for plain sampling.
-    :param corrections: epsilon scaling and DCW (:class:`~guided_diffusion.corrections.Corrections`;
+    :param time_shift: a :class:`~guided_diffusion.sampler.time_shift.TimeShift`, or None for plain sampling.
+    :param corrections: epsilon scaling and DCW (:class:`~guided_diffusion.sampler.corrections.Corrections`;
         off by default).
 
-    Built from the command-line settings in one place: :func:`guided_diffusion.sample_run.sampler_from_configs`.
+    Built from the command-line settings in one place: :func:`guided_diffusion.jobs.sample.sampler_from_configs`.
     """
 
     kind: str = "ddim"

@@ -1,6 +1,6 @@
 """Time one network forward of the seed CIFAR-10 model under each fast-path variant (GPU check).
 
-    python scripts/time_forward_variants.py --batch_size 256
+    python tools/time_forward_variants.py --batch_size 256
 
 Prints ms per forward (mean of 10 after one warm-up, CUDA synchronised) for: upstream einsum
 attention in fp32, fused sdpa in fp32, sdpa with bf16 / fp16 autocast, channels_last, and TF32.
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from guided_diffusion.fast_path import apply_fast_path
+from guided_diffusion.sampler.fast_path import apply_fast_path
 from guided_diffusion.script_util import PAPER_CIFAR10_FLAGS as SEED_CONFIG
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 

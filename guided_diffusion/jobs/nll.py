@@ -8,7 +8,7 @@ Upstream's ``calc_bpd_loop`` semantics, per image x_0 (Ho et al. 2020 eq. 5, in 
                 at t = 0, with x_t = q_sample(x_0, t, noise_t),
 
 and the per-step diagnostics ``mse`` (eps error) and ``xstart_mse``. ``noise_t`` of image k depends
-only on (seed, k, t) (:class:`~guided_diffusion.generate.SampleNoise`, stream t + 1), so the result
+only on (seed, k, t) (:class:`~guided_diffusion.sampler.generate.SampleNoise`, stream t + 1), so the result
 does not depend on the process count or interruptions (the same bytes for the same batch size; across
 batch sizes the network's batched convolutions may round differently, ~1e-6 bits/dim).
 
@@ -43,13 +43,15 @@ import time
 import numpy as np
 import torch
 
-from . import dist_util, job_control, sample_parts
-from .checkpoint import CheckpointError, load_checkpoint_into
-from .generate import SampleNoise
-from .image_datasets import ImageDataset
-from .io_util import save_npz_atomic, write_text_atomic
-from .script_util import create_model, diffusion_from_config
-from .settings import pixel_settings
+from .. import dist_util
+from . import control
+from . import parts as sample_parts
+from ..checkpoint import CheckpointError, load_checkpoint_into
+from ..sampler.generate import SampleNoise
+from ..image_datasets import ImageDataset
+from ..io_util import save_npz_atomic, write_text_atomic
+from ..script_util import create_model, diffusion_from_config
+from ..settings import pixel_settings
 
 TERMS = ("vb", "mse", "xstart_mse")
 OUT_NAME = "bpd.npz"
@@ -168,7 +170,7 @@ def _say(text):
     sys.stderr.write(text + "\n")
 
 
-@job_control.sampling_job  # output lock and SIGTERM/SIGINT at a round boundary, as for sampling
+@control.sampling_job  # output lock and SIGTERM/SIGINT at a round boundary, as for sampling
 def run_nll(job, device=None):
     """Compute bits/dim of the first ``num_samples`` images over all ranks; rank 0 writes the outputs.
 
@@ -215,7 +217,7 @@ def run_nll(job, device=None):
 
     out_path = job.out_path()
     parts_dir = sample_parts.parts_dir_for(out_path)
-    job_control.current().lock_output(out_path)
+    control.current().lock_output(out_path)
 
     def prepare():
         os.makedirs(cfg.out_dir, exist_ok=True)
@@ -265,7 +267,7 @@ def run_nll(job, device=None):
                 local_sum, local_count = float(out["total_bpd"].double().sum()), end - start
             except Exception as e:
                 exc = e
-        signals = job_control.current().signal_counts()
+        signals = control.current().signal_counts()
         totals = dist_util.all_reduce_sum(torch.tensor([local_sum, local_count, exc is not None, *signals],
                                                        dtype=torch.float64))
         bpd_sum += float(totals[0])
@@ -275,7 +277,7 @@ def run_nll(job, device=None):
         if rank == 0 and cfg.progress and bpd_count:
             _say(f"done {bpd_count} of {num} images: bpd={bpd_sum / bpd_count:.6f} "
                  f"({time.time() - started:.0f} s)")
-        job_control.current().stop_if_requested([int(v) for v in totals[3:].tolist()], done=bpd_count,
+        control.current().stop_if_requested([int(v) for v in totals[3:].tolist()], done=bpd_count,
                                                 num_samples=num, parts_dir=parts_dir)
     if rank != 0:
         return None

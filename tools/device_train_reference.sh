@@ -4,7 +4,7 @@
 # (ANSWER=1) sample the answer grid with the last EMA. FID is computed afterwards on the CPU, from $OUT.
 #
 # Usage (repo root, Fashion-MNIST idx files in .gpu_data/, e.g. carried from /usr/share/datasets/fashion-mnist):
-#   OUT=outdir TRAIN_S=330 bash scripts/device_train_reference.sh
+#   OUT=outdir TRAIN_S=330 bash tools/device_train_reference.sh
 # Environment: TRAIN_S (training wall-clock limit, s), SAVE (steps between checkpoints, 500), BATCH (256),
 # LR (2e-4), EMA (0.9995), N (protocol samples per checkpoint, 500), NLL (0/1: bits/dim of the bundled and
 # the last EMA weights on the first 1000 test images; needs the t10k idx files too), NLL_S (limit per model, s),

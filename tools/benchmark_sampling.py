@@ -2,16 +2,16 @@
 
 CPU, the loop alone (a network that costs nothing), the issue's target setting:
 
-    python scripts/benchmark_sampling.py --free_model True --batch_size 512 --steps 50
+    python tools/benchmark_sampling.py --free_model True --batch_size 512 --steps 50
 
 GPU, the seed's CIFAR-10 model (57M parameters, random weights), plain fp32 vs the fast path:
 
-    python scripts/benchmark_sampling.py --batch_size 256 --steps 50 --autocast bf16 --channels_last True
+    python tools/benchmark_sampling.py --batch_size 256 --steps 50 --autocast bf16 --channels_last True
 
 The per-sample noise generator alone (SampleNoise vs torch.randn of the same size; issue 13 asks
 for at most 1.3x on CPU at batch 512, (3, 32, 32)):
 
-    OMP_NUM_THREADS=1 python scripts/benchmark_sampling.py --noise_only True --batch_size 512
+    OMP_NUM_THREADS=1 python tools/benchmark_sampling.py --noise_only True --batch_size 512
 
 Prints a table of ms per step (median over --repeats, CPU process time and wall time), images/s,
 the time-shift overhead per step, and the loop overhead per step (loop minus network). Timings
@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from guided_diffusion.fast_path import apply_fast_path
-from guided_diffusion.generate import SampleNoise
+from guided_diffusion.sampler.fast_path import apply_fast_path
+from guided_diffusion.sampler.generate import SampleNoise
 from guided_diffusion.io_util import write_text_atomic
 from guided_diffusion.script_util import (
     PAPER_CIFAR10_FLAGS,
@@ -36,7 +36,7 @@ from guided_diffusion.script_util import (
     model_and_diffusion_defaults,
     str2bool,
 )
-from guided_diffusion.time_shift import TimeShift
+from guided_diffusion.sampler.time_shift import TimeShift
 
 SEED_CONFIG = PAPER_CIFAR10_FLAGS
 TINY_CONFIG = dict(SEED_CONFIG, image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="",

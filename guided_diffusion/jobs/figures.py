@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .io_util import save_png_atomic
+from ..io_util import save_png_atomic
 
 
 def grid_array(images, nrow=None):

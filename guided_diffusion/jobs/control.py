@@ -30,7 +30,7 @@ errors and on preemption.
 Preemption. Inside :func:`sampling_job` (and :class:`StopSignals`), SIGTERM and SIGINT do not kill
 the process: they set a flag (and print one line), the batch in flight is finished and written,
 and every rank stops at the same round boundary (the flag is summed over ranks with the round's
-all_reduce). The job then raises :class:`~guided_diffusion.io_util.Preempted`: rank 0 prints one
+all_reduce). The job then raises :class:`~guided_diffusion.errors.Preempted`: rank 0 prints one
 line with the command that resumes, the lock is released, and the scripts exit with status
 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second signal stops at once (finished
 parts are still kept; the batch in flight is lost).
@@ -50,8 +50,9 @@ import sys
 import threading
 import time
 
-from . import dist_util
-from .io_util import Preempted
+from .. import dist_util
+from ..errors import Preempted
+from ..errors import OutputLockedError  # noqa: F401 (raised here; defined with the other user errors)
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
@@ -59,10 +60,6 @@ TAKEOVER_STALE_S = 30.0
 UNREADABLE_STALE_S = 60.0
 LOCK_SUFFIX = ".lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class OutputLockedError(RuntimeError):
-    """Another live run holds the output's lock."""
 
 
 def stale_after_s():
@@ -441,7 +438,7 @@ def preempt(signum, message):
 
 # ------------------------------------------------------------------ a sampling job
 class SamplingGuard:
-    """The reliability side of one :func:`~guided_diffusion.sample_run.run_sampling` call."""
+    """The reliability side of one :func:`~guided_diffusion.jobs.sample.run_sampling` call."""
 
     def __init__(self):
         self.lock = None

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from .conditioning import LABEL_STREAM  # noqa: F401  (the class-label stream; re-exported)
-from .sampling import sample_loop_progressive
+from .loop import sample_loop_progressive
 from .time_shift import stack_step_picks
+from ..errors import NonFiniteSampleError  # noqa: F401 (raised here; defined with the other user errors)
 
 _MASK32 = 0xFFFFFFFF
 # murmur3 fmix32 multipliers as signed int32 (int32 multiplication wraps like uint32's).
@@ -125,10 +126,6 @@ def _box_muller_fill(out, scratch, mix, k, m):
     torch.sin(theta, out=out[:, m:]).mul_(radius)
 
 
-class NonFiniteSampleError(RuntimeError):
-    """A sample came out NaN or infinite; nothing of its batch should be written."""
-
-
 @dataclass
 class SampleBatch:
     indices: np.ndarray  # (B,) int64 global sample indices
@@ -151,11 +148,11 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
 
     :param indices: (B,) int64 tensor on the model's device.
     :param shape: (C, H, W) of one sample.
-    :param sampler: a :class:`~guided_diffusion.sampling.Sampler`.
+    :param sampler: a :class:`~guided_diffusion.sampler.loop.Sampler`.
     :param num_classes: draw class labels (class-conditional models) when set.
     :param trace: also return the per-sample trace of the time shift.
-    :param conditioning: optional :class:`~guided_diffusion.conditioning.ClassifierGuidance` or
-        :class:`~guided_diffusion.conditioning.LowResInputs`: it gives the labels and model inputs of
+    :param conditioning: optional :class:`~guided_diffusion.sampler.conditioning.ClassifierGuidance` or
+        :class:`~guided_diffusion.sampler.conditioning.LowResInputs`: it gives the labels and model inputs of
         the samples (from their indices) and the loop's ``cond_fn``; ``num_classes`` is then the
         model's (None for an unconditional model).
     :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None), and with ``trace`` a third

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU session: train the demo model, sample the FID grid with it, benchmark the loops.
-# Usage (repo root): OUT=outdir TRAIN_S=125 MAX_STEPS=3000 N=1000 bash scripts/device_demo_run.sh
+# Usage (repo root): OUT=outdir TRAIN_S=125 MAX_STEPS=3000 N=1000 bash tools/device_demo_run.sh
 # Needs the Fashion-MNIST train idx files in .gpu_data/. Every stage has a time limit and writes
 # what it has to $OUT, so a slow stage cannot take the others down with it.
 set -u
@@ -42,6 +42,6 @@ for i, p in enumerate(packs):
     np.savez_compressed(os.path.join(out, f"cells_{i}.npz"), **p)
 print("packed", sum(len(p) for p in packs), "cells into", len(packs), "files")
 PY
-[ "$BENCH" = 1 ] && timeout ${BENCH_S:-40} $PY scripts/benchmark_sampling.py --batch_size 256 --steps 20 --repeats 2 \
+[ "$BENCH" = 1 ] && timeout ${BENCH_S:-40} $PY tools/benchmark_sampling.py --batch_size 256 --steps 20 --repeats 2 \
   --warmup 1 --autocast bf16 --channels_last True --json "$OUT/bench_gpu.json" > "$OUT/bench_stdout.txt" 2>&1
 echo "bench exit $?"; tail -25 "$OUT/bench_stdout.txt" 2>/dev/null; tail -3 "$OUT/train_stdout.txt"; ls -la "$OUT"

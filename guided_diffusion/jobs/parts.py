@@ -1,6 +1,6 @@
 """Resumable sample output: part files, their meta, the work plan and streaming assembly.
 
-Pure file handling, no processes: :mod:`guided_diffusion.sample_run` decides which rank calls what.
+Pure file handling, no processes: :mod:`guided_diffusion.jobs.sample` decides which rank calls what.
 
 Layout, beside the final ``OUT.npz``::
 
@@ -32,7 +32,7 @@ import shutil
 
 import numpy as np
 
-from .io_util import TMP_PREFIX, atomic_write, write_npz_streaming, write_text_atomic
+from ..io_util import TMP_PREFIX, atomic_write, write_npz_streaming, write_text_atomic
 
 META_NAME = "meta.json"
 META_FORMAT = 1
