@@ -18,5 +18,6 @@ setup(
         "mpi": ["mpi4py"],
         "plot": ["matplotlib"],
         "lsun": ["lmdb"],
+        "diffusers": ["diffusers", "safetensors"],
     },
 )

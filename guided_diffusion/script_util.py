@@ -73,10 +73,14 @@ def create_model_and_diffusion(**kwargs):
     return model, diffusion
 
 
-def diffusion_from_config(diff_cfg):
-    """The (respaced) diffusion of a :class:`DiffusionConfig`: schedule tables only, no sampler settings."""
+def diffusion_from_config(diff_cfg, sigma_small=False):
+    """The (respaced) diffusion of a :class:`DiffusionConfig`: schedule tables only, no sampler settings.
+
+    ``sigma_small``: the posterior variance instead of beta_t for a fixed-variance model (set by a
+    diffusers folder's ``variance_type fixed_small``; ADM checkpoints keep upstream's beta_t)."""
     return create_gaussian_diffusion(
         steps=diff_cfg.diffusion_steps,
+        sigma_small=sigma_small,
         **{k: v for k, v in dataclasses.asdict(diff_cfg).items() if k != "diffusion_steps"},
     )
 

@@ -111,7 +111,8 @@ class DiffusionConfig:
 
     learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
     diffusion_steps: int = setting(1000, "T, the number of steps of the base diffusion process")
-    noise_schedule: str = setting("linear", "beta schedule", choices=("linear", "cosine"))
+    noise_schedule: str = setting("linear", "beta schedule: linear, cosine, or diffusers' linear:START,END / "
+                                  "scaled_linear:START,END (betas from START to END, set by a diffusers model folder)")
     timestep_respacing: str = setting("", "sampling steps: '' (all), 'N', 'a,b,c' (per section) or 'ddimN'")
     use_kl: bool = setting(False, "train with the variational bound (KL) loss", pixel=False)
     predict_xstart: bool = setting(False, "the model predicts x0 instead of epsilon")

@@ -43,7 +43,7 @@ import time
 import numpy as np
 import torch
 
-from .. import dist_util
+from .. import diffusers_model, dist_util
 from . import control
 from . import parts as sample_parts
 from ..checkpoint import CheckpointError, load_checkpoint_into
@@ -182,6 +182,8 @@ def run_nll(job, device=None):
     exc = None
     dataset = None
     try:
+        job = NllJob(*diffusers_model.resolve_configs(cfg.model_path, (job.nll, job.model, job.diffusion)))
+        cfg = job.nll
         job.validate()
         dataset = ImageDataset(cfg.data_dir, job.model.image_size, class_cond=job.model.class_cond,
                                image_channels=job.model.image_channels)
@@ -191,21 +193,23 @@ def run_nll(job, device=None):
     num = min(cfg.num_samples, len(dataset))
 
     def check_path():
-        if not os.path.isfile(cfg.model_path):
+        if not os.path.isfile(cfg.model_path) and not os.path.isdir(cfg.model_path):
             raise CheckpointError(f"--model_path {cfg.model_path}: no such file")
 
     dist_util.on_rank0(check_path)
-    data = dist_util.read_file_on_rank0(cfg.model_path)
+    data = diffusers_model.read_model_bytes(cfg.model_path)
     sha = hashlib.sha256(data).hexdigest() if rank == 0 else None
     model = diffusion = None
     try:
-        model = create_model(**dataclasses.asdict(job.model))
-        load_checkpoint_into(model, cfg.model_path, data=data)
+        model = diffusers_model.maybe_diffusers_model(cfg.model_path, job.diffusion, data)
+        if model is None:
+            model = create_model(**dataclasses.asdict(job.model))
+            load_checkpoint_into(model, cfg.model_path, data=data)
         model.to(device)
         if job.model.use_fp16:
             model.convert_to_fp16()
         model.eval()
-        diffusion = diffusion_from_config(job.diffusion)
+        diffusion = diffusion_from_config(job.diffusion, sigma_small=diffusers_model.sigma_small_of(data))
         if cfg.t_strata:
             stratify_timesteps(diffusion.num_timesteps, cfg.t_strata)  # the one-line error, before any work
     except Exception as e:

@@ -38,7 +38,7 @@ from typing import Optional
 
 import torch
 
-from .. import dist_util
+from .. import diffusers_model, dist_util
 from . import control
 from . import parts as sample_parts
 from ..checkpoint import CheckpointError, load_checkpoint_into
@@ -241,8 +241,10 @@ def build_model(job, device, checkpoint_bytes=None):
     if job.super_res is not None:
         model = create_sr_model(job.super_res.large_size, job.super_res.small_size, job.model)
     else:
-        model = create_model(**dataclasses.asdict(job.model))
-    load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes)
+        model = diffusers_model.maybe_diffusers_model(job.run.model_path, job.diffusion, checkpoint_bytes or b"")
+        if model is None:
+            model = create_model(**dataclasses.asdict(job.model))
+            load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes)
     model.to(device)
     if job.model.use_fp16:
         model.convert_to_fp16()
@@ -256,7 +258,8 @@ def build_model(job, device, checkpoint_bytes=None):
 
 
 def build_model_and_diffusion(job, device, checkpoint_bytes=None):
-    return build_model(job, device, checkpoint_bytes), diffusion_from_config(job.diffusion)
+    return build_model(job, device, checkpoint_bytes), diffusion_from_config(
+        job.diffusion, sigma_small=diffusers_model.sigma_small_of(checkpoint_bytes))
 
 
 def build_classifier(job, device, checkpoint_bytes=None):
@@ -359,6 +362,7 @@ def run_sampling(job, device=None, on_part_written=None):
     # 1. settings, checkpoint (read once on rank 0, broadcast), model.
     exc = sampler = None
     try:
+        job = diffusers_model.resolve_job(job)  # a diffusers folder's configs set the diffusion
         job.validate()
         sampler = job.sampler_obj()
     except Exception as e:
@@ -369,11 +373,11 @@ def run_sampling(job, device=None, on_part_written=None):
         if not run.model_path:
             raise CheckpointError("--model_path is empty: pass the checkpoint file to sample from "
                                   "(or no model flags at all for the bundled demo model)")
-        if not os.path.isfile(run.model_path):
+        if not os.path.isfile(run.model_path) and not os.path.isdir(run.model_path):
             raise CheckpointError(f"--model_path {run.model_path}: no such file")
 
     dist_util.on_rank0(check_path)
-    data = dist_util.read_file_on_rank0(run.model_path)
+    data = diffusers_model.read_model_bytes(run.model_path)
     checkpoint_sha256 = hashlib.sha256(data).hexdigest() if rank == 0 else None
     model = diffusion = None
     try:
