@@ -277,3 +277,57 @@ def test_bad_folders_and_contradicting_flags_are_one_line(pipeline_folder, tmp_p
     learned = save_pipeline(tmp_path / "learned", variance_type="learned")
     res = _sample(learned, tmp_path / "o3")
     assert res.returncode == 2 and "variance_type" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ the scheduler for pipelines
+def _pipeline_images(unet, scheduler, n, seed, batch=2):
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=batch, generator=torch.Generator().manual_seed(seed), num_inference_steps=n,
+                output_type="np").images
+
+
+@pytest.mark.parametrize("rule,corrections", [("adm", {}), ("pndm", {}), ("adm-data", {}),
+                                              ("adm", {"eps_scale": 1.004, "dcw_low": 0.05})])
+def test_pipeline_with_our_scheduler_equals_our_loop(rule, corrections):
+    from guided_diffusion.diffusers_scheduler import TimeShiftDDIMScheduler
+    from guided_diffusion.sampler.corrections import Corrections
+    from guided_diffusion.sampler.time_shift import TimeShift
+
+    unet = tiny_unet(seed=5).eval()
+    base = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    sched = TimeShiftDDIMScheduler.from_config(base.config, window=200, cutoff=100, rule=rule,
+                                               use_clipped_model_output=True, **corrections)
+    n, seed = 10, 4
+    images = _pipeline_images(unet, sched, n, seed)
+    noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(seed))
+    diffusion = create_gaussian_diffusion(noise_schedule="cosine", timestep_respacing=f"ddim{n}")
+    sampler = Sampler(kind="ddim", clip_denoised=True, time_shift=TimeShift(window=200, cutoff=100, rule=rule),
+                      corrections=Corrections(**corrections))
+    steps = list(sample_loop_progressive(diffusion, DiffusersUNet(unet), noise.shape, sampler, noise=noise))
+    assert any(s["shifted_timesteps"] is not None for s in steps)  # the shift acted
+    ours = (steps[-1]["sample"] / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(images, ours, rtol=0, atol=2e-5)
+    plain = _pipeline_images(unet, diffusers.DDIMScheduler.from_config(base.config), n, seed)
+    assert np.abs(images - plain).max() > 1e-3  # and it is not plain DDIM
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_our_scheduler_with_the_shift_off_is_diffusers_ddim(eta):
+    from guided_diffusion.diffusers_scheduler import TimeShiftDDIMScheduler
+
+    unet = tiny_unet(seed=6).eval()
+    config = diffusers.DDPMScheduler(beta_schedule="linear").config
+    x = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for cls in (TimeShiftDDIMScheduler, diffusers.DDIMScheduler):
+        sched = cls.from_config(config)
+        sched.set_timesteps(5)
+        y, g = x, torch.Generator().manual_seed(1)
+        for t in sched.timesteps:
+            with torch.no_grad():
+                y = sched.step(unet(y, t).sample, t, y, eta=eta, generator=g).prev_sample
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1])
+    saved = TimeShiftDDIMScheduler.from_config(config, window=40).config
+    assert saved["window"] == 40 and saved["rule"] == "adm"
