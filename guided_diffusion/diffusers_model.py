@@ -66,14 +66,13 @@ def folder_layout(path):
     ``path`` is not a folder. A folder without a UNet ``config.json`` is a one-line error."""
     if not path or not os.path.isdir(path):
         return None
-    if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isdir(os.path.join(path, "unet")):
+    if os.path.isdir(os.path.join(path, "unet")):  # a pipeline folder (model_index.json, unet/, scheduler/)
         unet = os.path.join(path, "unet")
         candidates = [os.path.join(path, "scheduler", "scheduler_config.json")]
     else:
         unet = path
         candidates = [os.path.join(path, "scheduler", "scheduler_config.json"),
-                      os.path.join(path, "scheduler_config.json"),
-                      os.path.join(os.path.dirname(os.path.abspath(path)), "scheduler", "scheduler_config.json")]
+                      os.path.join(path, "scheduler_config.json")]
     if not os.path.isfile(os.path.join(unet, "config.json")):
         raise CheckpointError(f"--model_path {path}: a folder without {os.path.join(unet, 'config.json')}; pass a "
                               "diffusers UNet2DModel folder (save_pretrained) or a .pt checkpoint file")
