@@ -4,10 +4,15 @@ Both are imported inside functions, and everything degrades to one process when 
 launcher nor MPI is present. Library code never calls this module; scripts call
 :func:`setup_dist` once and pass ``rank`` / ``world_size`` down as plain ints.
 
-Launchers understood by :func:`setup_dist`:
+Launchers understood by :func:`setup_dist` (:func:`launcher_env` reads the environment):
   * ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the environment);
   * ``mpiexec -n N`` (mpi4py; rank 0 picks a free port and broadcasts it);
+  * ``srun`` (SLURM_PROCID, SLURM_STEP_NUM_TASKS or SLURM_NTASKS, SLURM_LOCALID; the rendezvous host
+    is MASTER_ADDR or the first node of SLURM_STEP_NODELIST / SLURM_JOB_NODELIST, the port MASTER_PORT
+    or 15000 + SLURM_JOB_ID mod 20000, the same on every task without talking);
   * nothing: a single process, no process group.
+A launcher environment that is half set (e.g. RANK without WORLD_SIZE, SLURM_PROCID without
+SLURM_NTASKS) is a one-line ValueError naming the missing variable.
 Each rank uses GPU ``local_rank % torch.cuda.device_count()`` when CUDA is present (restrict the
 set with CUDA_VISIBLE_DEVICES), else the CPU with the gloo backend; on the CPU, several processes
 on one machine split its cores (``torch.set_num_threads``) unless OMP_NUM_THREADS is set.
@@ -75,6 +80,89 @@ def _free_port():
         return s.getsockname()[1]
 
 
+_MPI_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
+
+
+def _int_var(env, name):
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ValueError(f"launcher environment: {name}={env[name]!r} is not an integer") from None
+
+
+def first_host(nodelist):
+    """The first host of SLURM's compact node list: "gpu[07-09,12],cpu1" -> "gpu07" (zero padding kept)."""
+    text = nodelist.strip()
+    head = text.split(",", 1)[0] if "[" not in text.split(",", 1)[0] else text[: text.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, rng = head.split("[", 1)
+    first = rng.rstrip("]").split(",", 1)[0].split("-", 1)[0]
+    return prefix + first
+
+
+def _leading_int(text, default):
+    """2 from SLURM's tasks-per-node forms "2", "2(x3)" or "2(x2),1"."""
+    digits = ""
+    for ch in text or "":
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else default
+
+
+def launcher_env(env=None):
+    """(launcher, rank, world, local_rank, local_world, {MASTER_ADDR, MASTER_PORT} to set) from the
+    environment ``env`` (default ``os.environ``); launcher is "torchrun", "slurm", "mpi" (mpi4py
+    decides the ranks) or None (look for MPI, else one process).
+
+    :raises ValueError: one line naming the variable a half-set launcher environment lacks.
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env or "WORLD_SIZE" in env:
+        for name in ("RANK", "WORLD_SIZE"):
+            if name not in env:
+                raise ValueError(f"launcher environment half set: {'RANK' if name == 'WORLD_SIZE' else 'WORLD_SIZE'} "
+                                 f"is set but {name} is not; launch with torchrun (it sets both) or unset it")
+        rank, world = _int_var(env, "RANK"), _int_var(env, "WORLD_SIZE")
+        if world > 1:
+            for name in ("MASTER_ADDR", "MASTER_PORT"):
+                if name not in env:
+                    raise ValueError(f"launcher environment half set: RANK and WORLD_SIZE are set but {name} is "
+                                     "not; launch with torchrun (it sets it) or export it")
+        local = _int_var(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
+        local_world = _int_var(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
+        return "torchrun", rank, world, local, local_world, {}
+    if any(name in env for name in _MPI_VARS):
+        return "mpi", 0, 1, 0, 1, {}
+    if "SLURM_PROCID" in env:
+        tasks = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+        if tasks not in env:
+            raise ValueError("launcher environment half set: SLURM_PROCID is set but SLURM_NTASKS is not; start "
+                             "the tasks with srun (it sets both) or unset SLURM_PROCID")
+        rank, world = _int_var(env, "SLURM_PROCID"), _int_var(env, tasks)
+        if world <= 1:
+            return None, 0, 1, 0, 1, {}
+        if "SLURM_LOCALID" not in env:
+            raise ValueError("launcher environment half set: SLURM_PROCID is set but SLURM_LOCALID is not; start "
+                             "the tasks with srun")
+        local = _int_var(env, "SLURM_LOCALID")
+        local_world = _leading_int(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE"), world)
+        addr = env.get("MASTER_ADDR")
+        if not addr:
+            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if not nodes:
+                raise ValueError("launcher environment half set: SLURM_PROCID is set but neither SLURM_JOB_NODELIST "
+                                 "nor MASTER_ADDR is; start the tasks with srun or export MASTER_ADDR")
+            addr = first_host(nodes)
+        port = env.get("MASTER_PORT") or str(15000 + _int_var(env, "SLURM_JOB_ID") % 20000
+                                             if "SLURM_JOB_ID" in env else 29500)
+        if not 0 <= rank < world:
+            raise ValueError(f"launcher environment: SLURM_PROCID {rank} is not below the task count {world}")
+        return "slurm", rank, world, local, local_world, {"MASTER_ADDR": addr, "MASTER_PORT": str(port)}
+    return None, 0, 1, 0, 1, {}
+
+
 def setup_dist(backend=None):
     """Start the process group if there is more than one process; return this process's DistInfo."""
     global _INFO
@@ -82,11 +170,10 @@ def setup_dist(backend=None):
 
     if dist.is_available() and dist.is_initialized():
         return _INFO
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    else:
+    launcher, rank, world, local, local_world, rendezvous = launcher_env()
+    if launcher == "slurm":
+        os.environ.update(rendezvous, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    if launcher not in ("torchrun", "slurm"):
         comm = _mpi_comm()
         if comm is None:
             _INFO = DistInfo()
