@@ -42,6 +42,12 @@ def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
     )
 
 
+def check_noise_schedule(text):
+    """``text`` if it names a schedule of :func:`get_named_beta_schedule`, else a one-line ValueError."""
+    get_named_beta_schedule(text, 1000)
+    return text
+
+
 def _ranged_schedule(text, steps):
     """"linear:START,END": linspace(START, END, T) (no 1000 / T scaling: diffusers' "linear");
     "scaled_linear:START,END": linspace(sqrt START, sqrt END, T) ** 2 (diffusers' "scaled_linear").

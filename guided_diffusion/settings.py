@@ -65,6 +65,16 @@ def finite_float(v):
     return value
 
 
+def noise_schedule_name(v):
+    """A --noise_schedule value: linear, cosine, linear:START,END or scaled_linear:START,END."""
+    from .schedules import check_noise_schedule
+
+    try:
+        return check_noise_schedule(v)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def setting(default, help, *, choices=None, parse=None, pixel=True, suffix=None):
     """Declare one setting (a dataclass field).
 
@@ -112,7 +122,8 @@ class DiffusionConfig:
     learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
     diffusion_steps: int = setting(1000, "T, the number of steps of the base diffusion process")
     noise_schedule: str = setting("linear", "beta schedule: linear, cosine, or diffusers' linear:START,END / "
-                                  "scaled_linear:START,END (betas from START to END, set by a diffusers model folder)")
+                                  "scaled_linear:START,END (betas from START to END, set by a diffusers model folder)",
+                                  parse=noise_schedule_name)
     timestep_respacing: str = setting("", "sampling steps: '' (all), 'N', 'a,b,c' (per section) or 'ddimN'")
     use_kl: bool = setting(False, "train with the variational bound (KL) loss", pixel=False)
     predict_xstart: bool = setting(False, "the model predicts x0 instead of epsilon")
@@ -196,8 +207,9 @@ class FastPathConfig:
 class RunConfig:
     """The sampling command: what to load, how many, where to write. None of these changes a pixel."""
 
-    model_path: str = setting("", "checkpoint (.pt state_dict) to sample from; with no --model_path and no model "
-                              "flags the bundled demo model (Fashion-MNIST, its own flags) is used", pixel=False)
+    model_path: str = setting("", "checkpoint (.pt state_dict) or diffusers UNet2DModel folder (its scheduler config "
+                              "sets the diffusion; see docs/diffusers.md) to sample from; with no --model_path and no "
+                              "model flags the bundled demo model (Fashion-MNIST, its own flags) is used", pixel=False)
     num_samples: int = setting(10000, "number of images to generate", pixel=False)
     batch_size: int = setting(16, "images per forward pass (per process)", pixel=False)
     out_dir: str = setting(".", "output folder (created if missing)", pixel=False)
@@ -350,7 +362,8 @@ class NllConfig:
 
     data_dir: str = setting("", "images to evaluate: a folder (sorted, recursive) or an .npz with arr_0 uint8 NHWC "
                             "(arr_1 labels for class-conditional models)")
-    model_path: str = setting("", "diffusion model checkpoint (.pt state_dict)", pixel=False)
+    model_path: str = setting("", "diffusion model checkpoint (.pt state_dict) or diffusers UNet2DModel folder",
+                              pixel=False)
     num_samples: int = setting(1000, "evaluate the first N images (fewer if the data set is smaller)",
                                parse=positive_int, pixel=False)
     batch_size: int = setting(1, "images per forward pass (per process)", parse=positive_int, pixel=False)
