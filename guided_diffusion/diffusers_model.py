@@ -62,8 +62,9 @@ def import_diffusers():
 
 # ------------------------------------------------------------------ the folder
 def folder_layout(path):
-    """(unet folder, scheduler config file or None) of a diffusers model folder, or None when
-    ``path`` is not a folder. A folder without a UNet ``config.json`` is a one-line error."""
+    """(UNet folder, weights file name, scheduler config file or None) of a diffusers model folder,
+    or None when ``path`` is not a folder. A folder without a UNet ``config.json`` or weights is a
+    one-line error."""
     if not path or not os.path.isdir(path):
         return None
     if os.path.isdir(os.path.join(path, "unet")):  # a pipeline folder (model_index.json, unet/, scheduler/)
@@ -84,7 +85,8 @@ def folder_layout(path):
 
 
 def is_diffusers_folder(path):
-    """Whether rank 0 sees ``path`` as a folder (the same answer on every rank)."""
+    """Collective: whether rank 0 sees ``path`` as a folder, i.e. a diffusers model folder rather than
+    a checkpoint file (the same answer on every rank)."""
     return bool(dist_util.broadcast_object(os.path.isdir(path) if path and dist_util.get_rank() == 0 else None))
 
 
@@ -110,24 +112,27 @@ def unpack(data):
     return out
 
 
-def read_folder(path):
-    """The folder's config, weights and scheduler config as one byte string (this process reads)."""
-    unet, weights, scheduler = folder_layout(path)
+def read_folder(path, weights=True):
+    """The folder's config, weights (unless ``weights`` is False) and scheduler config as one byte
+    string (this process reads)."""
+    unet, weights_name, scheduler = folder_layout(path)
+    sources = [("config.json", os.path.join(unet, "config.json")),
+               (weights_name, os.path.join(unet, weights_name) if weights else None),
+               ("scheduler_config.json", scheduler)]
     files = {}
-    for name, src in (("config.json", os.path.join(unet, "config.json")), (weights, os.path.join(unet, weights)),
-                      ("scheduler_config.json", scheduler)):
+    for name, src in sources:
         if src is not None:
             with open(src, "rb") as f:
                 files[name] = f.read()
     return _pack(files)
 
 
-def read_on_rank0(path):
+def read_on_rank0(path, weights=True):
     """Collective: :func:`read_folder` of ``path`` on rank 0, broadcast (errors raised on every rank)."""
     data, err = b"", None
     if dist_util.get_rank() == 0:
         try:
-            data = read_folder(path)
+            data = read_folder(path, weights)
         except (OSError, ValueError) as exc:
             err = str(exc)
     err = dist_util.broadcast_object(err)
@@ -242,7 +247,7 @@ def resolve_configs(path, configs):
     checkpoint file). ``--use_fp16`` (an ADM trunk conversion) is refused for a folder."""
     if not is_diffusers_folder(path):
         return list(configs)
-    unet_cfg, sched = configs_of(read_config_bytes(path), path)
+    unet_cfg, sched = configs_of(read_on_rank0(path, weights=False), path)
     if any(getattr(cfg, "use_fp16", False) for cfg in configs):
         raise ValueError("--use_fp16 converts an ADM UNet's trunk; for a diffusers model use --autocast fp16")
     return apply_settings(configs, settings_from_configs(unet_cfg, sched, path), path)
@@ -262,27 +267,6 @@ def read_model_bytes(path):
     if is_diffusers_folder(path):
         return read_on_rank0(path)
     return dist_util.read_file_on_rank0(path)
-
-
-def read_config_bytes(path):
-    """Collective: the folder's two JSON files (no weights), packed as :func:`read_on_rank0` packs them."""
-    data, err = b"", None
-    if dist_util.get_rank() == 0:
-        try:
-            unet, _, scheduler = folder_layout(path)
-            files = {}
-            for name, src in (("config.json", os.path.join(unet, "config.json")),
-                              ("scheduler_config.json", scheduler)):
-                if src is not None:
-                    with open(src, "rb") as f:
-                        files[name] = f.read()
-            data = _pack(files)
-        except (OSError, ValueError) as exc:
-            err = str(exc)
-    err = dist_util.broadcast_object(err)
-    if err:
-        raise CheckpointError(err)
-    return dist_util.broadcast_bytes(data)
 
 
 def sigma_small_of(data):
