@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")  # in requirements-cpu.txt: installed in CI, so this runs
+import diffusers  # noqa: E402 (in requirements-cpu.txt: CI installs it, so these tests always run)
 
 from guided_diffusion.diffusers_model import DiffusersUNet, settings_from_configs  # noqa: E402
 from guided_diffusion.sampler.loop import Sampler, final_sample, sample_loop_progressive  # noqa: E402
@@ -253,6 +253,7 @@ def test_bare_unet_folder_and_every_solver(tmp_path):
         assert meta["settings"]["noise_schedule"] == "cosine"
 
 
+@pytest.mark.mpi
 def test_mpiexec_two_processes_same_bytes(pipeline_folder, tmp_path):
     import shutil
 

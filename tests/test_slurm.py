@@ -108,6 +108,7 @@ def test_half_set_slurm_environment_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.mpi
 def test_image_train_under_srun_equals_mpiexec(tmp_path):
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not installed")
