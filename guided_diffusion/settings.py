@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .resample import SCHEDULE_SAMPLERS
+from .sampler.grids import FAMILIES_HELP
 from .sampler.time_shift import TS_RULES
 
 SOLVER_NAMES = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
@@ -112,7 +113,8 @@ class DiffusionConfig:
     learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
     diffusion_steps: int = setting(1000, "T, the number of steps of the base diffusion process")
     noise_schedule: str = setting("linear", "beta schedule", choices=("linear", "cosine"))
-    timestep_respacing: str = setting("", "sampling steps: '' (all), 'N', 'a,b,c' (per section) or 'ddimN'")
+    timestep_respacing: str = setting(
+        "", "time grid (original timesteps the sampler visits): " + FAMILIES_HELP + "; see docs/grids.md")
     use_kl: bool = setting(False, "train with the variational bound (KL) loss", pixel=False)
     predict_xstart: bool = setting(False, "the model predicts x0 instead of epsilon")
     rescale_timesteps: bool = setting(False, "feed the network t scaled to 0..1000")

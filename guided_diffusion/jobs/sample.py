@@ -42,6 +42,7 @@ from .. import dist_util
 from . import control
 from . import parts as sample_parts
 from ..checkpoint import CheckpointError, load_checkpoint_into
+from ..sampler import grids
 from ..sampler.corrections import Corrections
 from ..sampler.fast_path import apply_fast_path
 from ..sampler.generate import generate_samples
@@ -202,7 +203,7 @@ class SamplingJob:
         each sampler setting that declares a name suffix adds it when not at its default.
         """
         run, ts = self.run, self.time_shift
-        name = f"{run.model_type}_{run.data_type}_{self.diffusion.timestep_respacing}step"
+        name = f"{run.model_type}_{run.data_type}_{grids.grid_label(self.diffusion.timestep_respacing)}step"
         if ts.do_time_shift:
             name += f"_{ts.window}win_{ts.cutoff}cut"
             if ts.ts_rule != "adm":
@@ -256,7 +257,14 @@ def build_model(job, device, checkpoint_bytes=None):
 
 
 def build_model_and_diffusion(job, device, checkpoint_bytes=None):
-    return build_model(job, device, checkpoint_bytes), diffusion_from_config(job.diffusion)
+    """The network and the diffusion of ``job``; a ``file:`` grid must have been made for this checkpoint."""
+    model, diffusion = build_model(job, device, checkpoint_bytes), diffusion_from_config(job.diffusion)
+    if grids.is_grid_file(job.diffusion.timestep_respacing):
+        if checkpoint_bytes is None:
+            with open(job.run.model_path, "rb") as f:
+                checkpoint_bytes = f.read()
+        grids.check_grid_checkpoint(job.diffusion.timestep_respacing, hashlib.sha256(checkpoint_bytes).hexdigest())
+    return model, diffusion
 
 
 def build_classifier(job, device, checkpoint_bytes=None):
