@@ -367,6 +367,32 @@ class NllConfig:
                             "growing linearly with t), weighted by its stratum's width", parse=nonneg_int)
 
 
+
+def step_counts(v):
+    """A comma list of positive step counts, e.g. '5,10,20' -> (5, 10, 20) (sorted, no repeats)."""
+    try:
+        counts = sorted({int(x) for x in str(v).split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of step counts such as 5,10,20, got {v!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be integers >= 1, got {v!r}")
+    return ",".join(str(c) for c in counts)
+
+
+@dataclass
+class GridOptConfig:
+    """``scripts/optimize_grid.py``: K-step time grids fitted to teacher trajectories (GITS)."""
+
+    steps: str = setting("5,10,20", "comma list of step counts K: one grid file per K", parse=step_counts)
+    fine_grid: str = setting("trailing60", "the teacher's grid, whose timesteps are the candidates of every K-step "
+                             "grid (any --timestep_respacing family; it should start near T - 1)")
+    teacher_solver: str = setting("dpm++2m", "solver of the teacher trajectories on --fine_grid",
+                                  choices=("ddim", "dpm++2m", "ipndm"))
+    grid_solver: str = setting("ddim", "the one-step solver whose step cost the grid minimises (its first step "
+                               "from a fresh history; every solver listed starts with a DDIM step)",
+                               choices=("ddim", "dpm++2m", "ipndm"))
+    num_trajectories: int = setting(256, "teacher trajectories (samples 0..N-1 of --seed)", parse=positive_int)
+
 SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)
 MODEL_DIFFUSION_GROUPS = (ModelConfig, DiffusionConfig, TimeShiftConfig)
 

@@ -21,7 +21,7 @@ sigma(t) = sqrt((1 - abar_t) / abar_t), lambda(t) = -log sigma(t), the half log-
 ``karrasN[:rho[:smax]]``  EDM (Karras et al. 2022): sigma_k = (s_top^(1/rho) + k/(N-1)
                (sigma(0)^(1/rho) - s_top^(1/rho)))^rho, s_top = min(sigma(T-1), smax), rho = 7.
 ``t:g0,g1,...``  an explicit list of original timesteps (strictly decreasing).
-``file:PATH``  a JSON grid file (:func:`write_grid_file`; written by ``scripts/optimize_grid.py``).
+``file:PATH``  a JSON grid file (:func:`grid_document`; written by ``scripts/optimize_grid.py``).
 
 ``logsnr`` and ``karras`` map each point to the original timestep nearest in lambda (log sigma);
 the top is capped at sigma = smax because ADM's cosine betas are clipped at 0.999 (sigma(T-1) is
@@ -111,10 +111,14 @@ def sigmas(alphas_cumprod):
 
 
 def nearest_timesteps(log_sigma_points, alphas_cumprod):
-    """Each point (log sigma) mapped to the original timestep whose log sigma(t) is nearest."""
+    """Each point (log sigma) mapped to the original timestep whose log sigma(t) is nearest (the
+    lower timestep on a tie); log sigma(t) increases with t."""
     table = np.log(sigmas(alphas_cumprod))
     pts = np.asarray(log_sigma_points, dtype=np.float64)
-    return [int(np.argmin(np.abs(table - p))) for p in pts]
+    hi = np.clip(np.searchsorted(table, pts), 1, len(table) - 1) if len(table) > 1 else np.zeros(len(pts), int)
+    lo = np.maximum(hi - 1, 0)
+    pick = np.where(np.abs(pts - table[lo]) <= np.abs(table[hi] - pts), lo, hi)
+    return [int(t) for t in pick]
 
 
 def logsnr_timesteps(n, alphas_cumprod, sigma_max=SIGMA_MAX):
@@ -322,20 +326,12 @@ def _sections(T, section_counts):
 
 
 # ------------------------------------------------------------------------------------ grid files
-def write_grid_file(path, timesteps, *, num_timesteps, checkpoint_sha256, solver, **extra):
-    """Write a grid file atomically (JSON): {"format", "timesteps" (original, noisiest first), "T",
-    "checkpoint_sha256", "solver", **extra}. Validates the grid first."""
-    ts = check_timesteps(timesteps, num_timesteps, f"grid file {path}")
-    doc = {"format": GRID_FILE_FORMAT, "timesteps": list(ts), "T": int(num_timesteps),
-           "checkpoint_sha256": str(checkpoint_sha256), "solver": str(solver), **extra}
-    text = json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n"
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return doc
+def grid_document(timesteps, *, num_timesteps, checkpoint_sha256, solver, **extra):
+    """The JSON object of a grid file: {"format", "timesteps" (original, noisiest first), "T",
+    "checkpoint_sha256", "solver", **extra}; the grid is validated first."""
+    ts = check_timesteps(timesteps, num_timesteps, "grid file")
+    return {"format": GRID_FILE_FORMAT, "timesteps": list(ts), "T": int(num_timesteps),
+            "checkpoint_sha256": str(checkpoint_sha256), "solver": str(solver), **extra}
 
 
 def read_grid_file(path, num_timesteps=None):
@@ -379,3 +375,36 @@ def check_grid_checkpoint(spec, checkpoint_sha256):
                          f"not this --model_path ({str(checkpoint_sha256)[:12]}...); optimise a grid for this "
                          f"checkpoint with scripts/optimize_grid.py")
 
+
+
+# ------------------------------------------------------------------------- the dynamic programme
+def best_path(cost, num_steps):
+    """The cheapest path of exactly K jumps from node 0 to node M through increasing nodes (GITS).
+
+    :param cost: (M+1, M+1) array; ``cost[i, j]`` (i < j) the cost of one solver step from node i
+        to node j (nodes: fine-grid times noisiest first, node M = clean data); entries with
+        i >= j are ignored; +inf forbids a jump.
+    :param num_steps: K, 1 <= K <= M.
+    :return: (nodes, total): the K+1 visited nodes 0 = n_0 < n_1 < ... < n_K = M and the summed cost.
+        D[0][0] = 0, D[k][j] = min_{i<j} D[k-1][i] + cost[i, j]; O(K M^2), backtracked.
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    m = c.shape[0] - 1
+    if c.shape != (m + 1, m + 1) or m < 1:
+        raise ValueError(f"cost must be a square (M+1, M+1) array with M >= 1, got shape {c.shape}")
+    if not 1 <= num_steps <= m:
+        raise ValueError(f"steps {num_steps}: must be in [1, {m}] for a fine grid of {m} steps")
+    upper = np.where(np.triu(np.ones_like(c, dtype=bool), 1), c, np.inf)
+    d = np.full(m + 1, np.inf)
+    d[0] = 0.0
+    back = np.zeros((num_steps + 1, m + 1), dtype=np.int64)
+    for k in range(1, num_steps + 1):
+        total = d[:, None] + upper          # (i, j): reach i in k-1 jumps, then jump i -> j
+        back[k] = np.argmin(total, axis=0)
+        d = total[back[k], np.arange(m + 1)]
+    if not np.isfinite(d[m]):
+        raise ValueError(f"no finite path of {num_steps} steps through the cost matrix")
+    nodes = [m]
+    for k in range(num_steps, 0, -1):
+        nodes.append(int(back[k][nodes[-1]]))
+    return nodes[::-1], float(d[m])
