@@ -147,10 +147,10 @@ def optimize_grids(job, cfg, device="cpu", progress=True):
     todo = [r for r in ranges if not os.path.isfile(part_path(r))]
     cost_path = os.path.join(cache, f"cost-{cfg.grid_solver}-{b_total}-{bs}.npz")
     if todo or not os.path.isfile(cost_path):
-        model = build_model(job, device)
-        sampler = Sampler(kind=cfg.teacher_solver, clip_denoised=bool(job.sampler.clip_denoised))
-        shape = (job.model.image_channels, job.model.image_size, job.model.image_size)
         if todo:
+            model = build_model(job, device)
+            sampler = Sampler(kind=cfg.teacher_solver, clip_denoised=bool(job.sampler.clip_denoised))
+            shape = (job.model.image_channels, job.model.image_size, job.model.image_size)
             _say(f"teacher: {sum(e - s for s, e in todo)} of {b_total} trajectories to run, "
                  f"{cfg.teacher_solver} on {cfg.fine_grid} ({m} steps from t = {fine[0]}), cache {cache}")
         t0, done = time.time(), 0
@@ -192,8 +192,7 @@ def optimize_grids(job, cfg, device="cpu", progress=True):
             distance=f"{DISTANCE}: mean over trajectories of the root mean squared difference per sample",
             fine_grid=cfg.fine_grid, fine_timesteps=fine,
             teacher={"solver": cfg.teacher_solver, "num_trajectories": b_total, "seed": int(job.sampler.seed),
-                     "clip_denoised": bool(job.sampler.clip_denoised)},
-            model_path=os.path.abspath(run.model_path))
+                     "clip_denoised": bool(job.sampler.clip_denoised)})
         path = os.path.join(run.out_dir, f"grid_{cfg.grid_solver}_{k}.json")
         write_text_atomic(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
         _say(f"{k} steps: {', '.join(map(str, doc['timesteps']))} (cost {total:.4f}; "
