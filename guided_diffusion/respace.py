@@ -10,7 +10,7 @@ searches the full 1000-step grid.
 import numpy as np
 
 from .gaussian_diffusion import GaussianDiffusion
-from .schedules import space_timesteps
+from .sampler.grids import space_timesteps
 
 __all__ = ["SpacedDiffusion", "space_timesteps"]
 
@@ -18,11 +18,16 @@ __all__ = ["SpacedDiffusion", "space_timesteps"]
 class SpacedDiffusion(GaussianDiffusion):
     """A diffusion process that can skip steps of a base process.
 
-    :param use_timesteps: collection of original timesteps to keep.
+    :param use_timesteps: collection of original timesteps to keep (any order; the largest is where
+        sampling starts from noise, e.g. T - 1 for ``trailingN``).
+    :param shift_uses_grid: the time shift's "adm"-family target uses the grid's own next timestep
+        (``nxt + tau - cur``) instead of upstream's stride approximation ``tau - T // (S - 1) - 1``;
+        False (upstream) for upstream's grid families, True for the others (see ``sampler.grids``).
     :param kwargs: the base ``GaussianDiffusion`` keywords (``betas`` of the full process, ...).
     """
 
-    def __init__(self, use_timesteps, **kwargs):
+    def __init__(self, use_timesteps, shift_uses_grid=False, **kwargs):
+        self.shift_uses_grid = bool(shift_uses_grid)
         base_betas = np.asarray(kwargs["betas"], dtype=np.float64)
         base_alphas_cumprod = np.cumprod(1.0 - base_betas)
         self.use_timesteps = set(int(t) for t in use_timesteps)

@@ -10,8 +10,11 @@ TS-DPM's ``do_time_shift``, ``window``, ``cutoff``). New code builds from the co
 
 import dataclasses
 
+import numpy as np
+
 from . import gaussian_diffusion as gd
-from .respace import SpacedDiffusion, space_timesteps
+from .respace import SpacedDiffusion
+from .sampler.grids import parse_grid
 from .schedules import get_named_beta_schedule
 from .settings import (  # noqa: F401  (re-exported: upstream code imports these from script_util)
     MODEL_DIFFUSION_GROUPS,
@@ -200,8 +203,10 @@ def create_gaussian_diffusion(
         loss_type = gd.LossType.MSE
     if not timestep_respacing:
         timestep_respacing = [steps]
+    grid = parse_grid(timestep_respacing, steps, alphas_cumprod=np.cumprod(1.0 - betas))
     diffusion = SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, timestep_respacing),
+        use_timesteps=grid.timesteps,
+        shift_uses_grid=not grid.upstream,
         betas=betas,
         model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
         model_var_type=(

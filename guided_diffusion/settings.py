@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .resample import SCHEDULE_SAMPLERS
+from .sampler.grids import FAMILIES_HELP
 from .sampler.time_shift import TS_RULES
 
 SOLVER_NAMES = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
@@ -124,7 +125,8 @@ class DiffusionConfig:
     noise_schedule: str = setting("linear", "beta schedule: linear, cosine, or diffusers' linear:START,END / "
                                   "scaled_linear:START,END (betas from START to END, set by a diffusers model folder)",
                                   parse=noise_schedule_name)
-    timestep_respacing: str = setting("", "sampling steps: '' (all), 'N', 'a,b,c' (per section) or 'ddimN'")
+    timestep_respacing: str = setting(
+        "", "time grid (original timesteps the sampler visits): " + FAMILIES_HELP + "; see docs/grids.md")
     use_kl: bool = setting(False, "train with the variational bound (KL) loss", pixel=False)
     predict_xstart: bool = setting(False, "the model predicts x0 instead of epsilon")
     rescale_timesteps: bool = setting(False, "feed the network t scaled to 0..1000")
@@ -378,6 +380,32 @@ class NllConfig:
                             "term, and one timestep drawn per image in each of K strata of 1..S-1 (widths "
                             "growing linearly with t), weighted by its stratum's width", parse=nonneg_int)
 
+
+
+def step_counts(v):
+    """A comma list of positive step counts, e.g. '5,10,20' -> (5, 10, 20) (sorted, no repeats)."""
+    try:
+        counts = sorted({int(x) for x in str(v).split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of step counts such as 5,10,20, got {v!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be integers >= 1, got {v!r}")
+    return ",".join(str(c) for c in counts)
+
+
+@dataclass
+class GridOptConfig:
+    """``scripts/optimize_grid.py``: K-step time grids fitted to teacher trajectories (GITS)."""
+
+    steps: str = setting("5,10,20", "comma list of step counts K: one grid file per K", parse=step_counts)
+    fine_grid: str = setting("trailing60", "the teacher's grid, whose timesteps are the candidates of every K-step "
+                             "grid (any --timestep_respacing family; it should start near T - 1)")
+    teacher_solver: str = setting("dpm++2m", "solver of the teacher trajectories on --fine_grid",
+                                  choices=("ddim", "dpm++2m", "ipndm"))
+    grid_solver: str = setting("ddim", "the one-step solver whose step cost the grid minimises (its first step "
+                               "from a fresh history; every solver listed starts with a DDIM step)",
+                               choices=("ddim", "dpm++2m", "ipndm"))
+    num_trajectories: int = setting(256, "teacher trajectories (samples 0..N-1 of --seed)", parse=positive_int)
 
 SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)
 MODEL_DIFFUSION_GROUPS = (ModelConfig, DiffusionConfig, TimeShiftConfig)

@@ -200,7 +200,7 @@ def respacing_of(cell, args):
 
 def set_nfe(cells, args, num_base_steps):
     """Each cell's NFE from the steps its grid really has (pndmN has N - 1) and its solver."""
-    from guided_diffusion.schedules import space_timesteps
+    from guided_diffusion.respace import space_timesteps
 
     for c in cells:
         steps = len(space_timesteps(num_base_steps, respacing_of(c, args)))

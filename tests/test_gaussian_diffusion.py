@@ -8,7 +8,8 @@ import torch
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import SpacedDiffusion
-from guided_diffusion.schedules import get_named_beta_schedule, space_timesteps
+from guided_diffusion.respace import space_timesteps
+from guided_diffusion.schedules import get_named_beta_schedule
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
 from reference_models import AnalyticEpsModel, load_reference
 

@@ -18,7 +18,8 @@ import torch
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from guided_diffusion.schedules import get_named_beta_schedule, space_timesteps
+from guided_diffusion.respace import space_timesteps
+from guided_diffusion.schedules import get_named_beta_schedule
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from guided_diffusion.sampler.time_shift import TS_RULES, TimeShift, is_eligible, per_sample_variance, shift_target

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from guided_diffusion.schedules import space_timesteps
+from guided_diffusion.respace import space_timesteps
 
 
 # ----------------------------------------------------------------------------- quadN grid

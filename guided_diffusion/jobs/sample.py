@@ -42,6 +42,7 @@ from .. import diffusers_model, dist_util
 from . import control
 from . import parts as sample_parts
 from ..checkpoint import CheckpointError, load_checkpoint_into
+from ..sampler import grids
 from ..sampler.corrections import Corrections
 from ..sampler.fast_path import apply_fast_path
 from ..sampler.generate import generate_samples
@@ -202,7 +203,7 @@ class SamplingJob:
         each sampler setting that declares a name suffix adds it when not at its default.
         """
         run, ts = self.run, self.time_shift
-        name = f"{run.model_type}_{run.data_type}_{self.diffusion.timestep_respacing}step"
+        name = f"{run.model_type}_{run.data_type}_{grids.grid_label(self.diffusion.timestep_respacing)}step"
         if ts.do_time_shift:
             name += f"_{ts.window}win_{ts.cutoff}cut"
             if ts.ts_rule != "adm":
@@ -258,8 +259,14 @@ def build_model(job, device, checkpoint_bytes=None):
 
 
 def build_model_and_diffusion(job, device, checkpoint_bytes=None):
-    return build_model(job, device, checkpoint_bytes), diffusion_from_config(
-        job.diffusion, sigma_small=diffusers_model.sigma_small_of(checkpoint_bytes))
+    """The network and the diffusion of ``job``; a ``file:`` grid must have been made for this checkpoint."""
+    model = build_model(job, device, checkpoint_bytes)
+    diffusion = diffusion_from_config(job.diffusion, sigma_small=diffusers_model.sigma_small_of(checkpoint_bytes))
+    if grids.is_grid_file(job.diffusion.timestep_respacing):
+        if checkpoint_bytes is None:
+            checkpoint_bytes = diffusers_model.read_model_bytes(job.run.model_path)
+        grids.check_grid_checkpoint(job.diffusion.timestep_respacing, hashlib.sha256(checkpoint_bytes).hexdigest())
+    return model, diffusion
 
 
 def build_classifier(job, device, checkpoint_bytes=None):
@@ -389,9 +396,9 @@ def run_sampling(job, device=None, on_part_written=None):
     conditioning, input_sha256 = build_conditioning(job, device)
     with_labels = model.num_classes is not None or job.guidance is not None
     if rank == 0:
-        line = grid_start_warning(diffusion)
-        if line:
-            _say(f"warning: {line}")
+        for line in (grid_start_warning(diffusion), pndm_start_warning(diffusion, sampler)):
+            if line:
+                _say(f"warning: {line}")
 
     # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
     control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
@@ -515,6 +522,29 @@ def grid_start_warning(diffusion):
     return (f"the timestep grid starts at t = {first}, where alpha_bar = {alpha_bar:.3f} (signal std "
             f"{alpha_bar ** 0.5:.2f}), but sampling starts there from pure noise; prefer a grid that starts "
             f"near T - 1 (e.g. --timestep_respacing {len(diffusion.timestep_map)}) for this noise schedule")
+
+
+PNDM_START_SIGMA = 1e3  # sigma = sqrt((1 - abar) / abar) at the grid's start above which S-/F-PNDM diverge
+
+
+def pndm_start_warning(diffusion, sampler):
+    """A one-line warning for S-/F-PNDM on a grid that starts where sigma(t) > :data:`PNDM_START_SIGMA`, else ''.
+
+    PNDM's transfer x' = sqrt(a'/a) x - ... eps divides by sqrt(abar) of the start; an eps combined
+    from several network calls (the Runge-Kutta / multistep eps) that is not the eps of x itself is
+    amplified by sqrt(a'/a) there. At t = 999 of the cosine schedule (betas clipped at 0.999) abar is
+    2.4e-9 (sigma 2e4): on the demo model ``trailing10`` with F-PNDM saturates the images.
+    """
+    if sampler.kind not in ("s-pndm", "f-pndm"):
+        return ""
+    first = int(max(diffusion.timestep_map))
+    alpha_bar = float(diffusion.base_alphas_cumprod[first])
+    sigma = ((1 - alpha_bar) / alpha_bar) ** 0.5
+    if sigma <= PNDM_START_SIGMA:
+        return ""
+    return (f"{sampler.kind} on a grid that starts at t = {first} (sigma {sigma:.3g}): PNDM's transfer divides by "
+            f"sqrt(alpha_bar) = {alpha_bar ** 0.5:.2g} there and can diverge; prefer a grid that starts at sigma <= 80 "
+            f"(logsnrN, karrasN) or another solver")
 
 
 def run_sampling_on_ranks(job):

@@ -28,7 +28,7 @@ import torch
 
 from .corrections import Corrections
 from .solvers import eps_from_x0, floor_alpha_at, get_solver, x0_from_eps
-from .time_shift import TimeShift, is_eligible, needs_prediction, shift_target
+from .time_shift import TimeShift, is_eligible, needs_prediction, shift_target, target_index
 
 SAMPLER_KINDS = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
 
@@ -153,6 +153,7 @@ def sample_loop_progressive(
     alphas_cumprod = diffusion.table("alphas_cumprod", x.device)
     alphas_cumprod_prev = diffusion.table("alphas_cumprod_prev", x.device)
     post_rule = needs_prediction(ts)
+    grid_target = bool(getattr(diffusion, "shift_uses_grid", False))
 
     indices = range(num_steps - 1, -1, -1)
     if progress:
@@ -167,7 +168,8 @@ def sample_loop_progressive(
         eligible = ts is not None and is_eligible(ts, cur, nxt, first_step=step == 0)
         shift = None
         if eligible and not post_rule:  # rules that read x_t only: chosen before the network call
-            shift = shift_target(x, base_alphas_cumprod, ts=ts, cur=cur, nxt=nxt, num_steps=num_steps)
+            shift = shift_target(x, base_alphas_cumprod, ts=ts, cur=cur, nxt=nxt, num_steps=num_steps,
+                                 grid_target=grid_target)
         x_in = x
         nfe = 1
         with torch.no_grad():
@@ -175,7 +177,7 @@ def sample_loop_progressive(
                                               denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs)
             if eligible and post_rule:
                 shift = shift_target(x, base_alphas_cumprod, ts=ts, cur=cur, nxt=nxt, num_steps=num_steps,
-                                     x0_hat=pred["pred_xstart"])
+                                     x0_hat=pred["pred_xstart"], grid_target=grid_target)
             target = None if shift is None else shift.target_alphas_cumprod
             common = dict(target_alphas_cumprod=target, pred=pred, draw_noise=lambda: noise_fn(step, x_in),
                           is_last=i == 0)
@@ -215,16 +217,15 @@ def _pndm_stage_arguments(diffusion, net, x_cur, cur, nxt, shift, ts, num_steps,
     processed as the main call's (epsilon scaling through ``net``, x0 clipped, eps re-derived, and
     with ``cond_fn`` the score-form guidance eps - sqrt(1 - a) * cond_fn(x, t)).
     ``t_next`` is the time of the step's target: nominal ``nxt``, or with the time shift the
-    target index (rule "pndm": tau_b; the others: tau_b - T // (S - 1) - 1, below 0 = clean).
+    target index (``time_shift.target_index``; below 0 = clean).
     """
     base = diffusion.table("base_alphas_cumprod", x_cur.device)
     T = base.shape[0]
     if shift is None:
         t_next = float(nxt)
-    elif ts.rule == "pndm":
-        t_next = shift.timesteps.double()
     else:
-        t_next = (shift.timesteps - T // max(num_steps - 1, 1) - 1).clamp(min=-1).double()
+        idx = target_index(ts, shift.timesteps, cur, nxt, num_steps, T, getattr(diffusion, "shift_uses_grid", False))
+        t_next = (idx if ts.rule == "pndm" else idx.clamp(min=-1)).double()
     scale = 1000.0 / T if diffusion.rescale_timesteps else 1.0
     kwargs = model_kwargs or {}
 

@@ -21,6 +21,10 @@ rule "adm" (tingyu215/TS-DPM-ADM ``get_next_time_window`` + ``ddim_sample``; spe
     tau_b        = argmin_tau (v_b - expected(tau))^2   (first on ties)
     target       = alpha_bar_prev_full[tau_b - off] = alphas_cumprod[tau_b - off - 1],
                    off = T // (S - 1)                (upstream's stride approximation)
+                 or, with ``grid_target`` (every grid that is not one of upstream's families),
+                   target = alphas_cumprod[nxt + (tau_b - cur)]   (the grid's own next timestep,
+                   moved by the matched shift; below 0 = clean), so a non-uniform grid is not
+                   stepped by a stride it does not have.
     eligible     when the step is not the first one and cur > cutoff (strict).
 rule "pndm" (Mingxiao-Li/TS-DPM ``PNMSolver.apply_time_shift``; spec section 6.3):
     candidates   tau in [nxt - window//2, nxt + window//2]
@@ -147,6 +151,7 @@ def shift_target(
     nxt: int,
     num_steps: int,
     x0_hat: Optional[torch.Tensor] = None,
+    grid_target: bool = False,
 ) -> ShiftResult:
     """Choose each sample's target noise level for an eligible step (see module docstring).
 
@@ -158,6 +163,8 @@ def shift_target(
     :param num_steps: S, the number of respaced steps (for the "adm" offset T // (S - 1)).
     :param x0_hat: (B, C, H, W) this step's (clipped) x0 prediction; required by "adm-data"
         (see :func:`needs_prediction`), ignored by the other rules.
+    :param grid_target: rules other than "pndm": target index nxt + (tau_b - cur) instead of
+        upstream's tau_b - T // (S - 1) - 1 (see :func:`target_index`).
     :return: a :class:`ShiftResult` of (B,) tensors on x's device.
     """
     T = alphas_cumprod.shape[0]
@@ -181,13 +188,27 @@ def shift_target(
         dist = torch.nan_to_num(dist, nan=float("inf"))
         tau = candidates[dist.argmin(dim=1)]
     if ts.rule != "pndm":
-        off = T // max(num_steps - 1, 1)
-        idx = tau - off - 1
+        idx = target_index(ts, tau, cur, nxt, num_steps, T, grid_target)
         ab = alphas_cumprod[idx.clamp(min=0)]
         target = torch.where(idx >= 0, ab, torch.ones_like(ab))
     else:
         target = alphas_cumprod[tau]
     return ShiftResult(tau, target)
+
+
+def target_index(ts: TimeShift, tau, cur: int, nxt: int, num_steps: int, num_base_steps: int,
+                 grid_target: bool = False):
+    """Original timestep index of the shifted step's target (below 0 means clean), elementwise on tau.
+
+    Rule "pndm": tau. Others: ``tau - T // (S - 1) - 1`` (upstream's stride approximation, kept on
+    upstream's grid families), or with ``grid_target`` ``nxt + (tau - cur)``: the grid's own next
+    timestep moved by the matched shift (``nxt`` = -1 after the last step).
+    """
+    if ts.rule == "pndm":
+        return tau
+    if grid_target:
+        return tau - (cur - nxt)
+    return tau - num_base_steps // max(num_steps - 1, 1) - 1
 
 
 # ----------------------------------------------------------------------------- per-sample trace
