@@ -5,7 +5,7 @@ frozen object with two methods::
 
     state = solver.init_state()
     x_next, state = solver.step(state, x, eps, x0, a_cur, a_next, *, is_last=False,
-                                num_steps=None, t_cur=None, t_next=None,
+                                num_steps=None, clip_denoised=False, t_cur=None, t_next=None,
                                 eval_eps=None, alpha_at=None)
 
 The loop (``sampling.py``) walks explicit pairs (t_cur, t_next) of ORIGINAL timesteps. At each
@@ -26,10 +26,22 @@ Arguments of ``step`` (B = batch):
             a_next = 1 means "clean" (the ADM loop's final step); every solver handles it.
   is_last   whether this is the final step of the trajectory (DPM-Solver++ lower_order_final).
   num_steps number of steps the loop walks in total (DPM-Solver++: lower order only when < 15).
+  clip_denoised  the DDIM step's rule for the step's own data prediction (see below); the loop
+            passes its ``clip_denoised``.
   t_cur, t_next, eval_eps, alpha_at: needed only by the S-PNDM / F-PNDM warm-up steps, which
             cost extra network evaluations (see below); other solvers ignore them.
 
 Per-step coefficients are computed in float64 and cast to x's dtype, like ``ddim_step``.
+
+Clipping. Every step here is a DDIM move x' = sqrt(a') x0* + sqrt(1 - a') eps* from some data
+prediction x0* with its consistent eps*: DDIM's x0, DPM-Solver++'s combination D, and for iPNDM,
+S-PNDM and F-PNDM the x0 = (x - sqrt(1 - a) e) / sqrt(a) that their combined eps e implies (their
+update sqrt(a'/a) x + ... is this move written with e). With ``clip_denoised`` that x0* is clipped
+to [-1, 1] as the DDIM step clips its x0: pixels where it lies outside are moved by the DDIM step
+from the clipped value, the others keep the solver's own formula bit for bit
+(:func:`_clip_through_x0`). Without it, on a grid starting at T - 1 of a cosine schedule
+(alpha_bar(999) = 2.4e-9), sqrt(a'/a) ~ 3.5e3 multiplies any part of e that is not the noise of x
+(the Runge-Kutta / Heun stages mix eps from different states) and the samples explode.
 
 Extra network evaluations (S-PNDM / F-PNDM warm-up only). The solver asks the loop through a
 callable ``eval_eps(x, t, a) -> eps``: ``x`` (B, C, H, W) an intermediate state, ``t`` (B,) float
@@ -238,7 +250,8 @@ class DPMSolverPP2M:
     (i.e. D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with r = h_prev / h). Order 1 is used on the first
     step (no history), on the last step when ``lower_order_final`` and num_steps < 15 (as diffusers
     does), and for every sample whose target is clean (a' = 1: h is infinite; diffusers' final
-    step to sigma = 0 is first order for the same reason). Order-1 steps equal DDIM.
+    step to sigma = 0 is first order for the same reason). Order-1 steps equal DDIM. An order-2
+    step is the DDIM move from D; with ``clip_denoised`` D is clipped (module docstring).
 
     State: :class:`DPMSolverPP2MState` (x0 of this step, lambda(a_cur)).
 
@@ -300,7 +313,8 @@ class IPNDM:
     Adams-Bashforth combinations of the newest d0 and the history d1, d2, d3:
     order 1: d0; 2: (3 d0 - d1) / 2; 3: (23 d0 - 16 d1 + 5 d2) / 12;
     4: (55 d0 - 59 d1 + 37 d2 - 9 d3) / 24; the order is 1 + len(history), at most ``max_order``.
-    One step (order 1) is DDIM. No extra network calls; no lower-order final step.
+    One step (order 1) is DDIM. No extra network calls; no lower-order final step. With
+    ``clip_denoised`` the x0 that d implies is clipped (module docstring) on orders above 1.
 
     State: :class:`EpsHistory` of the last max_order - 1 eps, newest first.
 
@@ -403,7 +417,8 @@ class SPNDM(_PNDM):
 
     Step 1 (2 calls): e1 = eps(x, t); x2 = transfer(x, t -> t', e1); e2 = eval_eps(x2, t');
     e = (e1 + e2) / 2. Later steps (1 call): e = (3 eps_new - eps_prev) / 2. Every step then
-    x' = transfer(x, a -> a', e) (DDIM with eps e). The history holds the eps of the network call
+    x' = transfer(x, a -> a', e) (DDIM with eps e; with ``clip_denoised`` through the clipped x0 that
+    e implies, in the Heun stage too). The history holds the eps of the network call
     at each grid point (e1 for the first step, not the averaged e), as upstream's ``ets``.
     NFE: steps + 1. Upstream's "S" (``--sample_speed``) walks S - 1 steps: S NFE.
 
@@ -437,7 +452,8 @@ class FPNDM(_PNDM):
     x3 = transfer(x, a -> a_m, e2); e3 = eval_eps(x3, t_m); x4 = transfer(x, a -> a', e3);
     e4 = eval_eps(x4, t'); e = (e1 + 2 e2 + 2 e3 + e4) / 6.
     Later steps (1 call): e = (55 e0 - 59 e1 + 37 e2 - 9 e3) / 24 over the newest four grid-point
-    eps. Every step: x' = transfer(x, a -> a', e). History: the grid-point eps (e1 of the warm-up).
+    eps. Every step: x' = transfer(x, a -> a', e), every stage's transfer too with ``clip_denoised``
+    through the clipped x0 that its eps implies. History: the grid-point eps (e1 of the warm-up).
     NFE: 4 min(steps, 3) + max(steps - 3, 0) = steps + 9 for steps >= 3. Upstream's "S" walks
     S - 1 steps: (S - 1) + 9 NFE (18 for S = 10).
 
