@@ -40,7 +40,8 @@ def main(argv=None):
         return x_next if args.unclipped else clip_through_x0(x_next, x, x0, a, a_next, clip_denoised)
 
     solvers._clip_through_x0 = traced
-    x_T = SampleNoise(args.seed).normal(torch.arange(args.num), 0, (job.model.image_channels,) + (job.model.image_size,) * 2)
+    shape = (job.model.image_channels, job.model.image_size, job.model.image_size)
+    x_T = SampleNoise(args.seed).normal(torch.arange(args.num), 0, shape)
     print(f"{args.solver} on {args.timestep_respacing!r}, {'unclipped' if args.unclipped else 'clipped'} moves")
     for out in sample_loop_progressive(diffusion, model, x_T.shape, job.sampler_obj(), noise=x_T):
         x = out["sample"]

@@ -23,7 +23,7 @@ import torch
 from .conditioning import LABEL_STREAM  # noqa: F401  (the class-label stream; re-exported)
 from .loop import sample_loop_progressive
 from .time_shift import stack_step_picks
-from ..errors import ExplodedSampleError, NonFiniteSampleError  # noqa: F401 (raised here; defined with the other user errors)
+from ..errors import ExplodedSampleError, NonFiniteSampleError  # noqa: F401 (raised here; defined in errors)
 
 _MASK32 = 0xFFFFFFFF
 # murmur3 fmix32 multipliers as signed int32 (int32 multiplication wraps like uint32's).
