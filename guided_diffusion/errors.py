@@ -13,6 +13,11 @@ class NonFiniteSampleError(RuntimeError):
     """A sample came out NaN or infinite; nothing of its batch should be written."""
 
 
+class ExplodedSampleError(NonFiniteSampleError):
+    """A sample's state left every range data in [-1, 1] can reach (finite but exploded); nothing of
+    its batch should be written (see ``guided_diffusion.sampler.generate.exploded_share``)."""
+
+
 class OutputLockedError(RuntimeError):
     """Another live run holds the output's lock."""
 

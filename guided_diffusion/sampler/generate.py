@@ -23,7 +23,7 @@ import torch
 from .conditioning import LABEL_STREAM  # noqa: F401  (the class-label stream; re-exported)
 from .loop import sample_loop_progressive
 from .time_shift import stack_step_picks
-from ..errors import NonFiniteSampleError  # noqa: F401 (raised here; defined with the other user errors)
+from ..errors import ExplodedSampleError, NonFiniteSampleError  # noqa: F401 (raised here; defined in errors)
 
 _MASK32 = 0xFFFFFFFF
 # murmur3 fmix32 multipliers as signed int32 (int32 multiplication wraps like uint32's).
@@ -126,6 +126,37 @@ def _box_muller_fill(out, scratch, mix, k, m):
     torch.sin(theta, out=out[:, m:]).mul_(radius)
 
 
+# The exploded-state guard (see exploded_share): a state is exploded where its pixels imply
+# |x0| > EXPLODED_X0 whatever their noise within EXPLODED_EPS standard deviations, for more than
+# EXPLODED_SHARE of a sample's pixels.
+EXPLODED_X0 = 2.0
+EXPLODED_EPS = 5.0
+EXPLODED_SHARE = 0.5
+
+
+def exploded_share(x, alpha_bar):
+    """(B,) share of each sample's pixels that no data in [-2, 2] can explain at its noise level.
+
+    :param x: (B, C, H, W) a state of the reverse process, at noise level ``alpha_bar``.
+    :param alpha_bar: alpha_bar a of that state: float, 0-d or (B,) (1 = clean).
+    A state is x = sqrt(a) x0 + sqrt(1 - a) eps; a pixel whose |x| > 2 sqrt(a) + 5 sqrt(1 - a)
+    implies |x0| = |x - sqrt(1 - a) eps| / sqrt(a) > 2 for every |eps| <= 5 (EXPLODED_X0,
+    EXPLODED_EPS). Pure noise has such pixels with probability 6e-7; a run whose solver amplified
+    its network's error (e.g. an unclipped multistep move from alpha_bar ~ 2e-9) has most.
+    """
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64, device=x.device)
+    bound = EXPLODED_X0 * torch.sqrt(a) + EXPLODED_EPS * torch.sqrt(1 - a)
+    bound = bound.to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) if bound.ndim else bound.to(x.dtype)
+    return (x.abs() > bound).flatten(1).to(x.dtype).mean(dim=1)
+
+
+def _grid_text(diffusion):
+    """The respaced grid as its original timesteps, noisiest first: '999, 888, ..., 0 (10 steps)'."""
+    ts = sorted((int(t) for t in diffusion.timestep_map), reverse=True)
+    shown = ", ".join(map(str, ts)) if len(ts) <= 4 else f"{ts[0]}, {ts[1]}, {ts[2]}, ..., {ts[-1]}"
+    return f"timesteps {shown} ({len(ts)} steps)"
+
+
 @dataclass
 class SampleBatch:
     indices: np.ndarray  # (B,) int64 global sample indices
@@ -158,6 +189,12 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
     :return: (x0 (B, C, H, W) float in [-1, 1], labels (B,) or None), and with ``trace`` a third
         element: (B, S) int32 matched original timestep per sample and step (-1: not shifted).
     :raises NonFiniteSampleError: naming the first bad sample index and the sampler settings.
+    :raises ExplodedSampleError: (a NonFiniteSampleError) when a state of some sample exploded:
+        after some step, more than EXPLODED_SHARE of its pixels lie where no data in [-2, 2] can be
+        at that step's noise level (:func:`exploded_share`, with the alpha_bar each sample was moved
+        to). Such a run's uint8 output is saturated noise; a hard stop rather than a warning, since
+        no model whose data the output's [-1, 1] pixel range represents can produce it.
+        The check runs on the device every step and is read once at the end.
     """
     noise = SampleNoise(seed)
     x_T = noise.normal(indices, 0, shape)
@@ -172,6 +209,9 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
         labels = noise.integers(indices, LABEL_STREAM, num_classes)
         model_kwargs["y"] = labels
     picks, out = [], None
+    worst = torch.zeros(x_T.shape[0], dtype=torch.float32, device=x_T.device)  # max exploded share
+    worst_t = torch.full_like(worst, -1, dtype=torch.long)  # original timestep of that step
+    alphas_cumprod_prev = diffusion.table("alphas_cumprod_prev", x_T.device)
     for out in sample_loop_progressive(
         diffusion,
         model,
@@ -185,6 +225,10 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
     ):
         if trace:
             picks.append(out["shifted_timesteps"])
+        target = out["target_alphas_cumprod"]
+        share = exploded_share(out["sample"], alphas_cumprod_prev[out["t"]] if target is None else target).float()
+        worst_t = torch.where(share > worst, torch.full_like(worst_t, out["timestep"]), worst_t)
+        worst = torch.maximum(worst, share)
     x = out["sample"]
     finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
@@ -194,6 +238,18 @@ def sample_batch(model, diffusion, indices, *, shape, seed, sampler, num_classes
             f"sample {bad} is not finite (NaN/inf) with {sampler.describe()}"
             f"{'' if conditioning is None else ', ' + conditioning.describe()}, {respacing}, seed={seed}; "
             "nothing was written for its batch"
+        )
+    exploded = worst > EXPLODED_SHARE
+    if bool(exploded.any()):
+        k = int(torch.nonzero(exploded)[0])
+        hint = "" if sampler.clip_denoised else "--clip_denoised True, "
+        raise ExplodedSampleError(
+            f"sample {int(indices[k])} exploded with {sampler.describe()}"
+            f"{'' if conditioning is None else ', ' + conditioning.describe()} on the grid of "
+            f"{_grid_text(diffusion)}, seed={seed}: after the step from t = {int(worst_t[k])}, "
+            f"{float(worst[k]):.0%} of its pixels imply |x0| > {EXPLODED_X0:g} for any noise within "
+            f"{EXPLODED_EPS:g} sd; nothing was written for its batch (try {hint}"
+            "another --solver or a grid that starts lower)"
         )
     if trace:
         return x, labels, stack_step_picks(picks, x.shape[0])

@@ -196,7 +196,7 @@ def sample_loop_progressive(
                                                   sampler.clip_denoised, denoised_fn, model_kwargs, cond_fn)
                     nfe += solver.extra_evals(state, ends_clean=i == 0)
                 sample, state = solver.step(state, x_in, eps, x0, a_cur, a_next, is_last=i == 0,
-                                            num_steps=num_steps, **extra)
+                                            num_steps=num_steps, clip_denoised=sampler.clip_denoised, **extra)
                 out = {"sample": sample, "pred_xstart": x0}
         if corr.dcw_active:
             out["sample"] = corr.correct(out["sample"], out["pred_xstart"], alphas_cumprod[i])

@@ -5,7 +5,7 @@ frozen object with two methods::
 
     state = solver.init_state()
     x_next, state = solver.step(state, x, eps, x0, a_cur, a_next, *, is_last=False,
-                                num_steps=None, t_cur=None, t_next=None,
+                                num_steps=None, clip_denoised=False, t_cur=None, t_next=None,
                                 eval_eps=None, alpha_at=None)
 
 The loop (``sampling.py``) walks explicit pairs (t_cur, t_next) of ORIGINAL timesteps. At each
@@ -26,10 +26,22 @@ Arguments of ``step`` (B = batch):
             a_next = 1 means "clean" (the ADM loop's final step); every solver handles it.
   is_last   whether this is the final step of the trajectory (DPM-Solver++ lower_order_final).
   num_steps number of steps the loop walks in total (DPM-Solver++: lower order only when < 15).
+  clip_denoised  the DDIM step's rule for the step's own data prediction (see below); the loop
+            passes its ``clip_denoised``.
   t_cur, t_next, eval_eps, alpha_at: needed only by the S-PNDM / F-PNDM warm-up steps, which
             cost extra network evaluations (see below); other solvers ignore them.
 
 Per-step coefficients are computed in float64 and cast to x's dtype, like ``ddim_step``.
+
+Clipping. Every step here is a DDIM move x' = sqrt(a') x0* + sqrt(1 - a') eps* from some data
+prediction x0* with its consistent eps*: DDIM's x0, DPM-Solver++'s combination D, and for iPNDM,
+S-PNDM and F-PNDM the x0 = (x - sqrt(1 - a) e) / sqrt(a) that their combined eps e implies (their
+update sqrt(a'/a) x + ... is this move written with e). With ``clip_denoised`` that x0* is clipped
+to [-1, 1] as the DDIM step clips its x0: pixels where it lies outside are moved by the DDIM step
+from the clipped value, the others keep the solver's own formula bit for bit
+(:func:`_clip_through_x0`). Without it, on a grid starting at T - 1 of a cosine schedule
+(alpha_bar(999) = 2.4e-9), sqrt(a'/a) ~ 3.5e3 multiplies any part of e that is not the noise of x
+(the Runge-Kutta / Heun stages mix eps from different states) and the samples explode.
 
 Extra network evaluations (S-PNDM / F-PNDM warm-up only). The solver asks the loop through a
 callable ``eval_eps(x, t, a) -> eps``: ``x`` (B, C, H, W) an intermediate state, ``t`` (B,) float
@@ -110,12 +122,50 @@ def log_snr(a):
     return 0.5 * (torch.log(a) - torch.log1p(-a))
 
 
-def _transfer(x, eps, a, a_next):
+def _ddim_from_x0(x, x0, a, a_next):
+    """The DDIM (eta 0) step from (x, a) to a' through the data prediction x0 (float64 a, a'):
+    x' = sqrt(a') x0 + sqrt(1 - a') eps with eps = (x / sqrt(a) - x0) / sqrt(1/a - 1), evaluated as
+    ``c_x * x + c_x0 * x0`` exactly as ``GaussianDiffusion.ddim_step`` (eta 0) does."""
+    sr = torch.sqrt(1.0 / a)
+    srm1 = torch.sqrt(1.0 / a - 1)
+    k = torch.sqrt(1 - a_next)
+    c_x0 = _per_sample(torch.sqrt(a_next) - k / srm1, x)
+    c_x = _per_sample(k * sr / srm1, x)
+    return torch.addcmul(x * c_x, x0, c_x0)
+
+
+def _clip_through_x0(x_next, x, x0, a, a_next, clip_denoised):
+    """The clip_denoised rule of the DDIM step applied to a solver's step (B, C, H, W tensors).
+
+    Every step here moves x (alpha_bar a) to x' (alpha_bar a') as DDIM does from some data
+    prediction x0 (per pixel): ``x_next`` is the solver's own evaluation of that move. Where x0 lies
+    outside [-1, 1] and ``clip_denoised``, the pixel's x' is replaced by the DDIM step from
+    clip(x0, -1, 1), as ``ddim_step`` moves from its clipped x0. Elsewhere ``x_next`` is kept bit for
+    bit, so a run whose x0 never leaves [-1, 1] is unchanged. Without ``clip_denoised``: ``x_next``.
+    """
+    if not clip_denoised:
+        return x_next
+    outside = x0.abs() > 1
+    return torch.where(outside, _ddim_from_x0(x, x0.clamp(-1, 1), a, a_next), x_next)
+
+
+def _transfer(x, eps, a, a_next, clip_denoised=False):
     """DDIM (eta 0) move from alpha_bar a to a_next with a fixed eps (PNDM's ``transfer``):
-    x' = sqrt(a'/a) x + (sqrt(1 - a') - sqrt(a' (1 - a) / a)) eps."""
+    x' = sqrt(a'/a) x + (sqrt(1 - a') - sqrt(a' (1 - a) / a)) eps
+       = sqrt(a') x0 + sqrt(1 - a') eps with x0 = (x - sqrt(1 - a) eps) / sqrt(a).
+
+    The coefficient sqrt(a'/a) of x is large when a is tiny (cosine alpha_bar(999) ~ 2e-9: about
+    3.5e3 to alpha_bar(888)): any part of eps that is not the noise of x then enters x' amplified.
+    With ``clip_denoised`` the move goes through the clipped x0 (:func:`_clip_through_x0`), as the
+    DDIM step does; it is upstream's formula bit for bit wherever x0 stays in [-1, 1].
+    x, eps: (B, C, H, W); a, a_next: float64 0-d or (B,).
+    """
     c_x = torch.sqrt(a_next / a)
     c_e = torch.sqrt(1 - a_next) - torch.sqrt(a_next * (1 - a) / a)
-    return torch.addcmul(x * _per_sample(c_x, x), eps, _per_sample(c_e, x))
+    x_next = torch.addcmul(x * _per_sample(c_x, x), eps, _per_sample(c_e, x))
+    if not clip_denoised:
+        return x_next
+    return _clip_through_x0(x_next, x, x0_from_eps(x, eps, a), a, a_next, clip_denoised)
 
 
 def floor_alpha_at(alphas_cumprod):
@@ -186,14 +236,7 @@ class DDIM:
         return 0
 
     def step(self, state, x, eps, x0, a_cur, a_next, **unused):
-        a = _ab(a_cur, x)
-        a_next = _ab(a_next, x)
-        sr = torch.sqrt(1.0 / a)
-        srm1 = torch.sqrt(1.0 / a - 1)
-        k = torch.sqrt(1 - a_next)
-        c_x0 = _per_sample(torch.sqrt(a_next) - k / srm1, x)
-        c_x = _per_sample(k * sr / srm1, x)
-        return torch.addcmul(x * c_x, x0, c_x0), None
+        return _ddim_from_x0(x, x0, _ab(a_cur, x), _ab(a_next, x)), None
 
 
 @dataclass(frozen=True)
@@ -207,7 +250,8 @@ class DPMSolverPP2M:
     (i.e. D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with r = h_prev / h). Order 1 is used on the first
     step (no history), on the last step when ``lower_order_final`` and num_steps < 15 (as diffusers
     does), and for every sample whose target is clean (a' = 1: h is infinite; diffusers' final
-    step to sigma = 0 is first order for the same reason). Order-1 steps equal DDIM.
+    step to sigma = 0 is first order for the same reason). Order-1 steps equal DDIM. An order-2
+    step is the DDIM move from D; with ``clip_denoised`` D is clipped (module docstring).
 
     State: :class:`DPMSolverPP2MState` (x0 of this step, lambda(a_cur)).
 
@@ -229,7 +273,8 @@ class DPMSolverPP2M:
     def extra_evals(self, state, *, ends_clean=False):
         return 0
 
-    def step(self, state, x, eps, x0, a_cur, a_next, *, is_last=False, num_steps=None, **unused):
+    def step(self, state, x, eps, x0, a_cur, a_next, *, is_last=False, num_steps=None, clip_denoised=False,
+             **unused):
         a = _ab(a_cur, x)
         a_next = _ab(a_next, x)
         clean = a_next >= 1
@@ -252,6 +297,10 @@ class DPMSolverPP2M:
             c2 = 0.5 * alpha_t * one_minus_exp * h / h_prev
             c2 = torch.where(clean, torch.zeros_like(c2), c2)
             x_next = x_next + _per_sample(c2, x) * (x0 - state.x0_prev)
+            if clip_denoised:  # D = x0 + (c2 / (alpha_t (1 - exp(-h)))) (x0 - x0_prev): its data prediction
+                r = torch.where(clean, torch.zeros_like(h), 0.5 * h / h_prev)
+                d = torch.addcmul(x0, x0 - state.x0_prev, _per_sample(r, x))
+                x_next = _clip_through_x0(x_next, x, d, a, a_next, clip_denoised)
         return x_next, DPMSolverPP2MState(x0, lam_s)
 
 
@@ -264,7 +313,8 @@ class IPNDM:
     Adams-Bashforth combinations of the newest d0 and the history d1, d2, d3:
     order 1: d0; 2: (3 d0 - d1) / 2; 3: (23 d0 - 16 d1 + 5 d2) / 12;
     4: (55 d0 - 59 d1 + 37 d2 - 9 d3) / 24; the order is 1 + len(history), at most ``max_order``.
-    One step (order 1) is DDIM. No extra network calls; no lower-order final step.
+    One step (order 1) is DDIM. No extra network calls; no lower-order final step. With
+    ``clip_denoised`` the x0 that d implies is clipped (module docstring) on orders above 1.
 
     State: :class:`EpsHistory` of the last max_order - 1 eps, newest first.
 
@@ -293,7 +343,7 @@ class IPNDM:
     def extra_evals(self, state, *, ends_clean=False):
         return 0
 
-    def step(self, state, x, eps, x0, a_cur, a_next, **unused):
+    def step(self, state, x, eps, x0, a_cur, a_next, *, clip_denoised=False, **unused):
         a = _ab(a_cur, x)
         a_next = _ab(a_next, x)
         ds = (eps,) + state.eps
@@ -306,6 +356,8 @@ class IPNDM:
         x_next = torch.addcmul(
             x * _per_sample(s_next / torch.sqrt(a), x), d, _per_sample(s_next * (sigma_next - sigma), x)
         )
+        if clip_denoised and order > 1:  # order 1: d = eps, consistent with the loop's clipped x0
+            x_next = _clip_through_x0(x_next, x, x0_from_eps(x, d, a), a, a_next, clip_denoised)
         return x_next, EpsHistory(ds[: self.max_order - 1])
 
 
@@ -338,7 +390,7 @@ class _PNDM:
         return self.warmup_extra if self._in_warmup(state) and not ends_clean else 0
 
     def step(self, state, x, eps, x0, a_cur, a_next, *, t_cur=None, t_next=None, eval_eps=None,
-             alpha_at=None, **unused):
+             alpha_at=None, clip_denoised=False, **unused):
         a = _ab(a_cur, x)
         a_next = _ab(a_next, x)
         if self._in_warmup(state):
@@ -350,13 +402,13 @@ class _PNDM:
             else:
                 if eval_eps is None or t_cur is None or t_next is None:
                     raise ValueError(f"{self.name}: a warm-up step needs eval_eps, t_cur and t_next")
-                e = self._warmup_eps(x, eps, a, a_next, t_cur, t_next, eval_eps, alpha_at)
+                e = self._warmup_eps(x, eps, a, a_next, t_cur, t_next, eval_eps, alpha_at, clip_denoised)
             history = (eps,) + state.eps
         else:
             ds = (eps,) + state.eps
             e = self._multistep_eps(ds)
             history = ds
-        return _transfer(x, e, a, a_next), EpsHistory(history[: self.max_history])
+        return _transfer(x, e, a, a_next, clip_denoised), EpsHistory(history[: self.max_history])
 
 
 @dataclass(frozen=True)
@@ -365,7 +417,8 @@ class SPNDM(_PNDM):
 
     Step 1 (2 calls): e1 = eps(x, t); x2 = transfer(x, t -> t', e1); e2 = eval_eps(x2, t');
     e = (e1 + e2) / 2. Later steps (1 call): e = (3 eps_new - eps_prev) / 2. Every step then
-    x' = transfer(x, a -> a', e) (DDIM with eps e). The history holds the eps of the network call
+    x' = transfer(x, a -> a', e) (DDIM with eps e; with ``clip_denoised`` through the clipped x0 that
+    e implies, in the Heun stage too). The history holds the eps of the network call
     at each grid point (e1 for the first step, not the averaged e), as upstream's ``ets``.
     NFE: steps + 1. Upstream's "S" (``--sample_speed``) walks S - 1 steps: S NFE.
 
@@ -380,8 +433,8 @@ class SPNDM(_PNDM):
     warmup_extra: int = 1
     max_history: int = 1
 
-    def _warmup_eps(self, x, e1, a, a_next, t_cur, t_next, eval_eps, alpha_at):
-        x2 = _transfer(x, e1, a, a_next)
+    def _warmup_eps(self, x, e1, a, a_next, t_cur, t_next, eval_eps, alpha_at, clip):
+        x2 = _transfer(x, e1, a, a_next, clip)
         e2 = eval_eps(x2, _times(t_next, x), a_next)
         return (e1 + e2) / 2
 
@@ -399,7 +452,8 @@ class FPNDM(_PNDM):
     x3 = transfer(x, a -> a_m, e2); e3 = eval_eps(x3, t_m); x4 = transfer(x, a -> a', e3);
     e4 = eval_eps(x4, t'); e = (e1 + 2 e2 + 2 e3 + e4) / 6.
     Later steps (1 call): e = (55 e0 - 59 e1 + 37 e2 - 9 e3) / 24 over the newest four grid-point
-    eps. Every step: x' = transfer(x, a -> a', e). History: the grid-point eps (e1 of the warm-up).
+    eps. Every step: x' = transfer(x, a -> a', e), every stage's transfer too with ``clip_denoised``
+    through the clipped x0 that its eps implies. History: the grid-point eps (e1 of the warm-up).
     NFE: 4 min(steps, 3) + max(steps - 3, 0) = steps + 9 for steps >= 3. Upstream's "S" walks
     S - 1 steps: (S - 1) + 9 NFE (18 for S = 10).
 
@@ -414,18 +468,18 @@ class FPNDM(_PNDM):
     warmup_extra: int = 3
     max_history: int = 3
 
-    def _warmup_eps(self, x, e1, a, a_next, t_cur, t_next, eval_eps, alpha_at):
+    def _warmup_eps(self, x, e1, a, a_next, t_cur, t_next, eval_eps, alpha_at, clip):
         if alpha_at is None:
             raise ValueError("f-pndm: a warm-up step needs alpha_at for its midpoint times")
         t_cur = _times(t_cur, x)
         t_next = _times(t_next, x)
         t_mid = (t_cur + t_next) / 2
         a_mid = _ab(alpha_at(t_mid), x)
-        x2 = _transfer(x, e1, a, a_mid)
+        x2 = _transfer(x, e1, a, a_mid, clip)
         e2 = eval_eps(x2, t_mid, a_mid)
-        x3 = _transfer(x, e2, a, a_mid)
+        x3 = _transfer(x, e2, a, a_mid, clip)
         e3 = eval_eps(x3, t_mid, a_mid)
-        x4 = _transfer(x, e3, a, a_next)
+        x4 = _transfer(x, e3, a, a_next, clip)
         e4 = eval_eps(x4, t_next, a_next)
         return (e1 + 2 * e2 + 2 * e3 + e4) / 6
 
