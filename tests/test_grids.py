@@ -375,14 +375,3 @@ def test_optimizer_refuses_bad_settings(tmp_path, tiny_checkpoint):
         script.main(_optimizer_args(argv, tmp_path, "--steps", "20"))
     with pytest.raises(ValueError, match="starts at t = 400"):
         script.main(_optimizer_args(argv, tmp_path, "--fine_grid", "t:400,200,100,0", "--steps", "2"))
-
-
-def test_pndm_solvers_warn_on_a_grid_that_starts_at_the_clipped_top():
-    from guided_diffusion.jobs.sample import pndm_start_warning
-
-    top = create_gaussian_diffusion(noise_schedule="cosine", timestep_respacing="trailing10")
-    capped = create_gaussian_diffusion(noise_schedule="cosine", timestep_respacing="karras10")
-    linear = create_gaussian_diffusion(noise_schedule="linear", timestep_respacing="trailing10")
-    assert "t = 999" in pndm_start_warning(top, Sampler("f-pndm")) and pndm_start_warning(top, Sampler("s-pndm"))
-    assert pndm_start_warning(top, Sampler("ipndm")) == "" == pndm_start_warning(capped, Sampler("f-pndm"))
-    assert pndm_start_warning(linear, Sampler("f-pndm")) == ""  # sigma(999) = 157 on the linear schedule

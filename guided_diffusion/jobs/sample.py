@@ -396,7 +396,7 @@ def run_sampling(job, device=None, on_part_written=None):
     conditioning, input_sha256 = build_conditioning(job, device)
     with_labels = model.num_classes is not None or job.guidance is not None
     if rank == 0:
-        for line in (grid_start_warning(diffusion), pndm_start_warning(diffusion, sampler)):
+        for line in (grid_start_warning(diffusion),):
             if line:
                 _say(f"warning: {line}")
 
@@ -522,29 +522,6 @@ def grid_start_warning(diffusion):
     return (f"the timestep grid starts at t = {first}, where alpha_bar = {alpha_bar:.3f} (signal std "
             f"{alpha_bar ** 0.5:.2f}), but sampling starts there from pure noise; prefer a grid that starts "
             f"near T - 1 (e.g. --timestep_respacing {len(diffusion.timestep_map)}) for this noise schedule")
-
-
-PNDM_START_SIGMA = 1e3  # sigma = sqrt((1 - abar) / abar) at the grid's start above which S-/F-PNDM diverge
-
-
-def pndm_start_warning(diffusion, sampler):
-    """A one-line warning for S-/F-PNDM on a grid that starts where sigma(t) > :data:`PNDM_START_SIGMA`, else ''.
-
-    PNDM's transfer x' = sqrt(a'/a) x - ... eps divides by sqrt(abar) of the start; an eps combined
-    from several network calls (the Runge-Kutta / multistep eps) that is not the eps of x itself is
-    amplified by sqrt(a'/a) there. At t = 999 of the cosine schedule (betas clipped at 0.999) abar is
-    2.4e-9 (sigma 2e4): on the demo model ``trailing10`` with F-PNDM saturates the images.
-    """
-    if sampler.kind not in ("s-pndm", "f-pndm"):
-        return ""
-    first = int(max(diffusion.timestep_map))
-    alpha_bar = float(diffusion.base_alphas_cumprod[first])
-    sigma = ((1 - alpha_bar) / alpha_bar) ** 0.5
-    if sigma <= PNDM_START_SIGMA:
-        return ""
-    return (f"{sampler.kind} on a grid that starts at t = {first} (sigma {sigma:.3g}): PNDM's transfer divides by "
-            f"sqrt(alpha_bar) = {alpha_bar ** 0.5:.2g} there and can diverge; prefer a grid that starts at sigma <= 80 "
-            f"(logsnrN, karrasN) or another solver")
 
 
 def run_sampling_on_ranks(job):
