@@ -61,6 +61,7 @@ from ..settings import (
     RunConfig,
     SamplerConfig,
     TimeShiftConfig,
+    UPSTREAM_UNUSED_SAMPLING_FLAGS,
     config_from_dict,
     format_number,
     name_suffix,
@@ -94,7 +95,9 @@ def sampling_parser(description=None, epilog=None):
 
     parser = OneLineErrorParser(description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_settings(parser, *SAMPLING_GROUPS)
+    add_settings(parser, *SAMPLING_GROUPS)
+    return add_settings(parser, GuidanceConfig, ClassifierConfig, only=UPSTREAM_UNUSED_SAMPLING_FLAGS,
+                        note="accepted for upstream compatibility; unused by this command")
 
 
 def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None, extras=(), demo_model=True):
