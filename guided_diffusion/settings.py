@@ -34,9 +34,8 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .resample import SCHEDULE_SAMPLERS
+from .sampler.solvers import REGISTRY, SOLVER_NAMES  # noqa: F401  (SOLVER_NAMES re-exported)
 from .sampler.time_shift import TS_RULES
-
-SOLVER_NAMES = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
 
 
 # ------------------------------------------------------------------ value parsers
@@ -250,8 +249,8 @@ class SamplerConfig(SeedConfig, ClipConfig):
 
     use_ddim: bool = setting(False, "DDIM (True) or ancestral DDPM (False) sampling; time shift works with both")
     eta: float = setting(0.0, "DDIM eta (0 = deterministic DDIM)", parse=finite_float)
-    solver: str = setting("", "reverse-process solver: ddim, ddpm (ancestral), dpm++2m (DPM-Solver++(2M)), ipndm, "
-                          "s-pndm, f-pndm; '' follows --use_ddim (see README: solvers, NFE)",
+    solver: str = setting("", "reverse-process solver: " + ", ".join(f"{s.name} ({s.summary})" for s in REGISTRY)
+                          + "; '' follows --use_ddim (see README: solvers, NFE)",
                           choices=("",) + SOLVER_NAMES, suffix="_{}")
     eps_scale: float = setting(1.0, "epsilon scaling b: the network's eps is divided by lambda_i = eps_scale_k * i "
                                "+ eps_scale (i = respaced step, 0 last); 1 = off", parse=finite_float, suffix="_es{}")

@@ -537,7 +537,7 @@ def network_evaluations(sampler, num_steps):
     """NFE of one sample: one network call per step, plus the S-/F-PNDM warm-up calls."""
     from ..sampler.solvers import nfe
 
-    return num_steps if sampler.kind in ("ddim", "ddpm") else nfe(sampler.kind, num_steps, ends_clean=True)
+    return nfe(sampler.kind, num_steps, ends_clean=True)
 
 
 def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
