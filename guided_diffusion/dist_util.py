@@ -227,6 +227,18 @@ def all_reduce_ints(values):
     return [int(v) for v in t.cpu().tolist()]
 
 
+def all_reduce_floats(values):
+    """Element-wise sums over ranks of a list of numbers, as float64 (exact for counts below 2**53)."""
+    values = [float(v) for v in values]
+    if not is_distributed():
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
 def sync_params(params):
     """Copy rank 0's parameters to every rank."""
     if not is_distributed():
