@@ -36,6 +36,13 @@ def make_paper_checkpoint(path):
     return path
 
 
+def machine_key():
+    """What the npz bytes depend on besides the code: "TORCH_MAJOR.MINOR/CPU_CAPABILITY", e.g.
+    "2.13/AVX512" (the float32 kernel set torch dispatches to: AVX2 and AVX-512 round differently)."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return f"{major}.{minor}/{torch.backends.cpu.get_cpu_capability()}"
+
+
 def demo_checkpoint_sha256():
     with open(DEMO_CHECKPOINT, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
