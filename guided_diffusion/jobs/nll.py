@@ -12,7 +12,8 @@ only on (seed, k, t) (:class:`~guided_diffusion.sampler.generate.SampleNoise`, s
 does not depend on the process count or interruptions (the same bytes for the same batch size; across
 batch sizes the network's batched convolutions may round differently, ~1e-6 bits/dim).
 
-A run over W processes: image k (k < num_samples, in data-set order) is in batch k // batch_size;
+A run over W processes (the resumable-parts runner, :func:`guided_diffusion.jobs.runner.run_parts`,
+as for sampling; one batch is :class:`_NllParts`): image k (k < num_samples, in data-set order) is in batch k // batch_size;
 batch j goes to rank j % W; ranks work in rounds and after each round sum (bits/dim, images,
 failures, stop signals) with one all_reduce, so rank 0 prints the running mean over every rank and
 a failure or a SIGTERM/SIGINT on any rank stops all of them at the same round. Each finished batch

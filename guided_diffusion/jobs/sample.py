@@ -9,7 +9,9 @@
                                       window=40, cutoff=300, num_samples=64, out_dir="out"))
     path = run_sampling(job.with_demo_model())   # the bundled demo model; or set model_path + model flags
 
-How a run goes, with W processes (W = 1 without a process group):
+How a run goes, with W processes (W = 1 without a process group); steps 2-4 are the resumable-parts
+runner's (:func:`guided_diffusion.jobs.runner.run_parts`, shared with the NLL job), this module states
+what one batch is (:class:`_SamplingParts`):
 
 1. every rank checks the settings; rank 0 reads the checkpoint and broadcasts it (in chunks);
 2. rank 0 prepares ``OUT.npz.parts/`` (see :mod:`guided_diffusion.jobs.parts`): finished parts
@@ -44,6 +46,7 @@ from ..sampler.corrections import Corrections
 from ..sampler.fast_path import apply_fast_path
 from ..sampler.generate import generate_samples
 from ..sampler.loop import Sampler
+from ..sampler.solvers import nfe
 from ..script_util import classifier_from_configs, diffusion_from_config, model_from_checkpoint
 from ..settings import (
     SAMPLING_GROUPS,
@@ -497,13 +500,6 @@ def meta_path_for(npz_path):
     return (npz_path[: -len(".npz")] if npz_path.endswith(".npz") else npz_path) + ".json"
 
 
-def network_evaluations(sampler, num_steps):
-    """NFE of one sample: one network call per step, plus the S-/F-PNDM warm-up calls."""
-    from ..sampler.solvers import nfe
-
-    return nfe(sampler.kind, num_steps, ends_clean=True)
-
-
 def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
     """JSON beside the npz: every setting, steps, NFE, the checkpoint's SHA-256, device and torch
     (``extra``: more entries, e.g. the classifier's SHA-256)."""
@@ -517,7 +513,7 @@ def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
         "num_samples": job.run.num_samples,
         "sampler": sampler.describe(),
         "steps": diffusion.num_timesteps,
-        "nfe": network_evaluations(sampler, diffusion.num_timesteps),
+        "nfe": nfe(sampler.kind, diffusion.num_timesteps, ends_clean=True),  # the warm-up calls included
         "timesteps": [int(t) for t in reversed(diffusion.timestep_map)],
         "settings": job.flags(),
         "checkpoint_sha256": checkpoint_sha256,
