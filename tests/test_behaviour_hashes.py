@@ -5,7 +5,8 @@ The bytes depend, besides the code, on torch's major.minor version and on the CP
 dispatches to (``torch.backends.cpu.get_cpu_capability()``: AVX2 and AVX-512 float32 convolutions
 round differently), so they are kept per key "MAJOR.MINOR/CAPABILITY" and the commands run on the
 CPU. The test runs wherever its key is recorded and says why it skips elsewhere (add a machine's
-key with the tool's --add_machine). Demo-model cases are compared only while the bundled demo
+key with the tool's --add_machine; an AVX-512 machine also checks the AVX2 key with
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``, see ``behaviour_cases.machine_key``). Demo-model cases are compared only while the bundled demo
 checkpoint is the one they were recorded with (a retrained demo model changes its samples by design).
 """
 

@@ -1,6 +1,5 @@
 """Tests of evaluations.metrics.kid: KID as torch-fidelity / clean-fid define it."""
 
-
 import numpy as np
 import pytest
 

@@ -1,6 +1,6 @@
 """Observed order of each deterministic solver on the exact probability-flow ODE of Gaussian data.
 
-    python tools/solver_convergence.py [--steps 5,10,20,40,80] [--grid lambda|sigma|time]
+    python tools/solver_convergence.py [--steps 5,10,20,40,80] [--spacing lambda|sigma|time]
                                          [--lam_start -5] [--lam_end 5] [--s 0.5]
 
 Data x0 ~ N(mu, s^2) per pixel, exact eps (no model error, no clipping). For a VP process the
