@@ -293,25 +293,21 @@ def all_gather_object(obj):
     return out
 
 
-def all_reduce_sum(tensor):
-    """In-place sum of ``tensor`` over ranks (no-op with one process)."""
-    if is_distributed():
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor)
-    return tensor
-
-
 def all_reduce_ints(values):
     """Element-wise sums over ranks of a list of ints (the list itself with one process)."""
-    values = [int(v) for v in values]
+    return [int(v) for v in all_reduce_floats(values)]
+
+
+def all_reduce_floats(values):
+    """Element-wise sums over ranks of a list of numbers, as float64 (exact for counts below 2**53)."""
+    values = [float(v) for v in values]
     if not is_distributed():
         return values
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.long, device=_comm_device())
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
-    return [int(v) for v in t.cpu().tolist()]
+    return t.cpu().tolist()
 
 
 def sync_params(params):

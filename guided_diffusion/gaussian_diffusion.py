@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .sampler.loop import UpstreamLoopsMixin
+from .sampler.solvers import ddim_update
 from .training_losses import TrainingLossesMixin, input_perturbation_schedule
 
 
@@ -371,13 +372,10 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
             then not called again).
         :return: {"sample", "pred_xstart"}.
 
-        With eps = (x / sqrt(a) - x0) / sqrt(1/a - 1) re-derived from the clipped x0,
-        x' = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z, and
-        sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a'). The update is evaluated as
-        ``c_x0 * x0 + c_x * x`` with per-sample coefficients computed in float64 (two passes over
-        the batch). When the target is noisier than the current state (a' < a, possible with a
-        time shift), ``1 - a / a'`` is clamped at 0, so sigma = 0 and the step deterministically
-        re-noises x0 to level a' (upstream computed 0 * NaN = NaN there, even for eta = 0).
+        The update is :func:`guided_diffusion.sampler.solvers.ddim_update` (Song et al. eq. 12, with
+        eps re-derived from the clipped x0; per-sample float64 coefficients; a target noisier than
+        the current state, a' < a, re-noises x0 deterministically, where upstream computed
+        0 * NaN = NaN, even for eta = 0).
         """
         if pred is None:
             pred = self.step_predictions("ddim", model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs)
@@ -388,19 +386,9 @@ class GaussianDiffusion(TrainingLossesMixin, UpstreamLoopsMixin):
         else:
             a_next = target_alphas_cumprod.to(device=a.device, dtype=a.dtype)
         stochastic = eta > 0 and not self._is_last(t, is_last)
-        if stochastic:
-            sigma = eta * torch.sqrt((1 - a_next) / (1 - a)) * torch.sqrt((1 - a / a_next).clamp(min=0))
-            k = torch.sqrt((1 - a_next - sigma**2).clamp(min=0))
-        else:
-            k = torch.sqrt(1 - a_next)
-        # x' = sqrt(a') x0 + k * eps, eps = (x * sr - x0) / srm1  (Song et al. eq. 12)
-        sr = self.table("sqrt_recip_alphas_cumprod", t.device)[t]
-        srm1 = self.table("sqrt_recipm1_alphas_cumprod", t.device)[t]
-        c_x0 = self._per_sample(torch.sqrt(a_next) - k / srm1, x)
-        c_x = self._per_sample(k * sr / srm1, x)
-        sample = torch.addcmul(x * c_x, pred_xstart, c_x0)
-        if stochastic:
-            sample.addcmul_(self._per_sample(sigma, x), draw_noise())
+        if stochastic and draw_noise is None:
+            raise ValueError("ddim_step: eta > 0 needs draw_noise (a callable returning a standard normal)")
+        sample = ddim_update(x, pred_xstart, a, a_next, eta=eta, draw_noise=draw_noise if stochastic else None)
         return {"sample": sample, "pred_xstart": pred_xstart}
 
     def ddpm_step(

@@ -348,6 +348,25 @@ def create_sr_model(large_size, small_size, model_cfg):
     )
 
 
+def model_from_checkpoint(model_cfg, model_path, device, *, data=None, super_res=None):
+    """The diffusion model every job runs: built from a :class:`ModelConfig` (a ``SuperResModel``
+    when ``super_res`` (a :class:`SuperResConfig`) is given), the checkpoint at ``model_path`` (or its
+    bytes ``data``) loaded strictly with ``weights_only=True``, on ``device``, converted to float16
+    with ``use_fp16``, in eval mode. A checkpoint that does not fit is a one-line ``CheckpointError``.
+    """
+    from .checkpoint import load_checkpoint_into
+
+    if super_res is not None:
+        model = create_sr_model(super_res.large_size, super_res.small_size, model_cfg)
+    else:
+        model = create_model(**dataclasses.asdict(model_cfg))
+    load_checkpoint_into(model, model_path, data=data)
+    model.to(device)
+    if model_cfg.use_fp16:
+        model.convert_to_fp16()
+    return model.eval()
+
+
 def sr_create_model_and_diffusion(large_size, small_size, **kwargs):
     """(SuperResModel, diffusion) for upstream's super-resolution flags.
 

@@ -12,13 +12,19 @@ pixels of a sample (``pixel``). Everything else is derived from these declaratio
 
 Adding a sampler option is one field in :class:`SamplerConfig` (and its use where it acts).
 
+Every name is declared exactly once (``tests/test_settings.py`` counts them). A setting that several
+groups share lives in a small base group (:class:`LearnSigmaConfig`, :class:`SeedConfig`,
+:class:`ClipConfig`, :class:`OutputConfig`, :class:`DataConfig`, :class:`ResumableConfig`,
+:class:`TrainingConfig`) that they inherit; a group whose default differs says so with
+:func:`group` (e.g. ``@group(out_dir="train_out")``), never with a second declaration.
+
 Groups: :class:`ModelConfig` (UNet), :class:`DiffusionConfig` (the process), :class:`TimeShiftConfig`
 (TS-DPM's flags), :class:`SamplerConfig` (how the reverse process is walked), :class:`FastPathConfig`
 (kernels that change rounding), :class:`RunConfig` (the sampling command: files, batching),
 :class:`TrainConfig` (``image_train.py``), :class:`ClassifierConfig` (the noisy-image classifier),
 :class:`GuidanceConfig` (``classifier_sample.py``), :class:`SuperResConfig` and :class:`BaseSamplesConfig`
 (super-resolution), :class:`ClassifierTrainConfig` (``classifier_train.py``), :class:`NllConfig`
-(``image_nll.py``).
+(``image_nll.py``), :class:`ClassifierAccuracyConfig` (``classifier_accuracy.py``).
 """
 
 import argparse
@@ -29,9 +35,8 @@ from dataclasses import dataclass, field, fields
 
 from .resample import SCHEDULE_SAMPLERS
 from .sampler.grids import FAMILIES_HELP
+from .sampler.solvers import REGISTRY, SOLVER_NAMES  # noqa: F401  (SOLVER_NAMES re-exported)
 from .sampler.time_shift import TS_RULES
-
-SOLVER_NAMES = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
 
 
 # ------------------------------------------------------------------ value parsers
@@ -53,6 +58,13 @@ def nonneg_int(v):
         raise argparse.ArgumentTypeError(f"integer expected, got {v!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_int(v):
+    value = nonneg_int(v)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -91,10 +103,97 @@ def setting(default, help, *, choices=None, parse=None, pixel=True, suffix=None)
                                             "suffix": suffix})
 
 
+def group(**defaults):
+    """``@dataclass`` for a group of settings; ``defaults`` give inherited settings another default.
+
+    A setting shared by several commands is declared once, in a base group (e.g. ``out_dir`` in
+    :class:`OutputConfig`); a command whose default differs names only the new value here, e.g.
+    ``@group(out_dir="train_out")``. Help, parser, choices and the pixel flag stay the declaration's.
+    """
+
+    def wrap(cls):
+        inherited = {}
+        for base in reversed(cls.__mro__[1:]):
+            inherited.update(getattr(base, "__dataclass_fields__", {}))
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        for name, value in defaults.items():
+            if name not in inherited:
+                raise TypeError(f"{cls.__name__}: no inherited setting {name!r} to give a default")
+            if name in own:
+                raise TypeError(f"{cls.__name__}: {name!r} is declared here; set its default in the declaration")
+            base_field = inherited[name]
+            own[name] = base_field.type
+            setattr(cls, name, field(default=value, metadata=base_field.metadata))
+        cls.__annotations__ = own
+        return dataclass(cls)
+
+    return wrap
+
+
 # ------------------------------------------------------------------ the declarations
+# Settings that several groups share are declared once, in a small base group of their own.
 @dataclass
-class ModelConfig:
-    """UNet architecture (upstream flag names)."""
+class LearnSigmaConfig:
+    """Shared by the model (twice the output channels) and the diffusion (learned variance)."""
+
+    learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
+
+
+@dataclass
+class SeedConfig:
+    """Shared by sampling, NLL and both trainers."""
+
+    seed: int = setting(0, "seed. Sampling: image k depends only on (seed, k), whatever the batch size or process "
+                        "count; NLL: the noise of image k at timestep t depends only on (seed, k, t); training: "
+                        "the initialisation, data order, flips, timesteps, noise and dropout")
+
+
+@dataclass
+class ClipConfig:
+    """Shared by sampling and NLL."""
+
+    clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at every step (NLL: in every VB term)")
+
+
+@dataclass
+class OutputConfig:
+    """Shared by every command that works in batches and writes into a folder."""
+
+    batch_size: int = setting(1, "images per batch and process: one forward pass when sampling or evaluating, one "
+                              "optimiser step when training (global batch = batch_size * processes)",
+                              parse=positive_int, pixel=False)
+    out_dir: str = setting(".", "output folder (created if missing): the npz and its json when sampling; bpd.npz, "
+                           "bpd.json and the *_terms.npz for NLL; checkpoints, args.json, log.txt and progress.csv "
+                           "when training", pixel=False)
+
+
+@dataclass
+class DataConfig:
+    """Shared by NLL and both trainers."""
+
+    data_dir: str = setting("", "images: a folder (sorted, recursive) or an .npz with arr_0 uint8 NHWC and arr_1 "
+                            "labels (needed for class-conditional models and classifiers; in a folder the class "
+                            "is the file-name prefix before '_')")
+
+
+@dataclass
+class ResumableConfig(OutputConfig):
+    """Shared by the two resumable jobs, sampling and NLL (finished batches kept as parts)."""
+
+    model_path: str = setting("", "diffusion model checkpoint (.pt state_dict); when sampling with no --model_path "
+                              "and no model flags the bundled demo model (Fashion-MNIST, its own flags) is used",
+                              pixel=False)
+    num_samples: int = setting(10000, "number of images: to generate (sampling), or the first N to evaluate (NLL; "
+                               "fewer if the data set is smaller)", parse=positive_int, pixel=False)
+    progress: bool = setting(True, "show progress: a bar counting every process's samples and the images/s "
+                             "(sampling), one line per round with the running mean bits/dim (NLL)", pixel=False)
+    overwrite: bool = setting(False, "discard finished parts (OUT.npz.parts/, bpd.npz.parts/) and start over "
+                              "(needed when the pixel-affecting flags or the checkpoint changed)", pixel=False)
+
+
+@dataclass
+class ModelConfig(LearnSigmaConfig):
+    """UNet architecture (upstream flag names; ``learn_sigma`` is shared with the diffusion)."""
 
     image_size: int = setting(64, "image resolution (pixels per side)")
     num_channels: int = setting(128, "base channel width of the UNet")
@@ -112,15 +211,13 @@ class ModelConfig:
     use_fp16: bool = setting(False, "run the UNet trunk in float16 (upstream semantics)")
     use_new_attention_order: bool = setting(
         False, "split qkv before heads; NOT visible in checkpoint keys: must match training")
-    learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
     image_channels: int = setting(3, "image channels: 3 for RGB, 1 for grey-scale models")
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(LearnSigmaConfig):
     """Gaussian diffusion process (upstream flag names; ``learn_sigma`` is shared with the model)."""
 
-    learn_sigma: bool = setting(False, "the model also outputs the variance (6 channels for RGB)")
     diffusion_steps: int = setting(1000, "T, the number of steps of the base diffusion process")
     noise_schedule: str = setting("linear", "beta schedule: linear, cosine, or diffusers' linear:START,END / "
                                   "scaled_linear:START,END (betas from START to END, set by a diffusers model folder)",
@@ -161,15 +258,13 @@ class TimeShiftConfig:
 
 
 @dataclass
-class SamplerConfig:
+class SamplerConfig(SeedConfig, ClipConfig):
     """How the reverse process is walked (besides the time shift)."""
 
     use_ddim: bool = setting(False, "DDIM (True) or ancestral DDPM (False) sampling; time shift works with both")
     eta: float = setting(0.0, "DDIM eta (0 = deterministic DDIM)", parse=finite_float)
-    clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at every step")
-    seed: int = setting(0, "seed: image k depends only on (seed, k), whatever the batch size or process count")
-    solver: str = setting("", "reverse-process solver: ddim, ddpm (ancestral), dpm++2m (DPM-Solver++(2M)), ipndm, "
-                          "s-pndm, f-pndm; '' follows --use_ddim (see README: solvers, NFE)",
+    solver: str = setting("", "reverse-process solver: " + ", ".join(f"{s.name} ({s.summary})" for s in REGISTRY)
+                          + "; '' follows --use_ddim (see README: solvers, NFE)",
                           choices=("",) + SOLVER_NAMES, suffix="_{}")
     eps_scale: float = setting(1.0, "epsilon scaling b: the network's eps is divided by lambda_i = eps_scale_k * i "
                                "+ eps_scale (i = respaced step, 0 last); 1 = off", parse=finite_float, suffix="_es{}")
@@ -205,16 +300,10 @@ class FastPathConfig:
     compile: bool = setting(False, "fast path: wrap the network in torch.compile")
 
 
-@dataclass
-class RunConfig:
+@group(batch_size=16)
+class RunConfig(ResumableConfig):
     """The sampling command: what to load, how many, where to write. None of these changes a pixel."""
 
-    model_path: str = setting("", "checkpoint (.pt state_dict) or diffusers UNet2DModel folder (its scheduler config "
-                              "sets the diffusion; see docs/diffusers.md) to sample from; with no --model_path and no "
-                              "model flags the bundled demo model (Fashion-MNIST, its own flags) is used", pixel=False)
-    num_samples: int = setting(10000, "number of images to generate", pixel=False)
-    batch_size: int = setting(16, "images per forward pass (per process)", pixel=False)
-    out_dir: str = setting(".", "output folder (created if missing)", pixel=False)
     data_type: str = setting("cifar", "data-set name, used only in the output file name", pixel=False)
     model_type: str = setting("adm", "model name, used only in the output file name", pixel=False)
     gpu_id: str = setting("", "value for CUDA_VISIBLE_DEVICES, set before CUDA starts ('' leaves it alone)",
@@ -224,15 +313,8 @@ class RunConfig:
     compare_grid: str = setting("", "also write a PNG comparing the first --grid_size samples without (left) and "
                                 "with (right) the time shift, same seeds (uses --window/--cutoff/--ts_rule even if "
                                 "--do_time_shift is False)", pixel=False)
-    progress: bool = setting(True, "show a progress bar (rank 0, counting every process's samples) and the images/s",
-                             pixel=False)
     keep_parts: bool = setting(False, "keep OUT.npz.parts/ (finished batches) after writing OUT.npz; a later run "
                                "with a larger --num_samples then only makes the new samples", pixel=False)
-    overwrite: bool = setting(False, "discard finished parts in OUT.npz.parts/ and start over (needed when the "
-                              "pixel-affecting flags or the checkpoint changed)", pixel=False)
-    classifier_scale: float = setting(1.0, "accepted for upstream compatibility; unused by this script", pixel=False)
-    classifier_depth: int = setting(4, "accepted for upstream compatibility; unused by this script", pixel=False)
-    classifier_path: str = setting(".", "accepted for upstream compatibility; unused by this script", pixel=False)
 
     def validate(self):
         if self.num_samples < 1:
@@ -244,35 +326,30 @@ class RunConfig:
 
 
 @dataclass
-class TrainConfig:
-    """``scripts/image_train.py`` (upstream's training flags plus out_dir, max_steps, seed, ema_warmup)."""
+class TrainingConfig(SeedConfig, DataConfig, OutputConfig):
+    """What the two trainers (``image_train.py`` / ``super_res_train.py`` and ``classifier_train.py``) share."""
 
-    data_dir: str = setting("", "training images: a folder (recursive) or an .npz with arr_0 uint8 NHWC (arr_1 labels)")
-    out_dir: str = setting("train_out", "directory for checkpoints, args.json, log.txt and progress.csv")
-    schedule_sampler: str = setting("uniform", "timestep sampler", choices=SCHEDULE_SAMPLERS)
+    schedule_sampler: str = setting("uniform", "timestep sampler of the noised inputs", choices=SCHEDULE_SAMPLERS)
     lr: float = setting(1e-4, "AdamW learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay")
-    lr_anneal_steps: int = setting(0, "if > 0: lr decays linearly to 0 over this many steps and training stops there")
-    max_steps: int = setting(0, "stop after this many steps in total, without changing the lr schedule (0: no limit)")
-    batch_size: int = setting(1, "images per step per process (global batch = batch_size * processes)")
     microbatch: int = setting(-1, "split each batch into chunks of this size and accumulate gradients (-1: no split)")
-    ema_rate: str = setting("0.9999", "comma list of EMA rates, one ema_<rate>_<step>.pt per rate")
-    ema_warmup: bool = setting(True, "EMA rate min(rate, (1+t)/(10+t)) at step t, so short runs forget the random "
-                               "init (False: upstream's constant rate)")
+    resume_checkpoint: str = setting("", "model<step>.pt to resume from (opt<step>.pt and any ema files beside it); "
+                                     "another file name loads the weights and starts at step 0")
     log_interval: int = setting(10, "steps between log lines / progress.csv rows")
     save_interval: int = setting(10000, "steps between checkpoints (the final step is always saved; 0: final only)")
-    resume_checkpoint: str = setting("", "model<step>.pt to resume from (ema/opt files beside it); another file "
-                                     "name loads the weights and starts at step 0")
-    fp16_scale_growth: float = setting(1e-3, "log2 loss-scale growth per step with --use_fp16 True")
-    seed: int = setting(0, "seed of the initialisation, data order, flips, timesteps, noise and dropout")
+    max_steps: int = setting(0, "stop after this many steps in total, without changing the lr schedule (0: no limit)")
     random_flip: bool = setting(True, "random horizontal flips of training images")
 
 
-def positive_int(v):
-    value = nonneg_int(v)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+@group(out_dir="train_out")
+class TrainConfig(TrainingConfig):
+    """``scripts/image_train.py`` (upstream's training flags plus out_dir, max_steps, seed, ema_warmup)."""
+
+    lr_anneal_steps: int = setting(0, "if > 0: lr decays linearly to 0 over this many steps and training stops there")
+    ema_rate: str = setting("0.9999", "comma list of EMA rates, one ema_<rate>_<step>.pt per rate")
+    ema_warmup: bool = setting(True, "EMA rate min(rate, (1+t)/(10+t)) at step t, so short runs forget the random "
+                               "init (False: upstream's constant rate)")
+    fp16_scale_growth: float = setting(1e-3, "log2 loss-scale growth per step with --use_fp16 True")
 
 
 CLASSIFIER_POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
@@ -307,8 +384,9 @@ class ClassifierConfig:
 class GuidanceConfig:
     """Classifier guidance of a sampling run (``scripts/classifier_sample.py``)."""
 
-    classifier_path: str = setting("", "noisy-image classifier checkpoint (.pt state_dict) used for guidance; its "
-                                   "SHA-256 is part of the resume metadata", pixel=False)
+    classifier_path: str = setting("", "noisy-image classifier checkpoint (.pt state_dict): it guides "
+                                   "classifier_sample.py (its SHA-256 is part of the resume metadata) and is scored "
+                                   "by classifier_accuracy.py", pixel=False)
     classifier_scale: float = setting(1.0, "guidance scale s: the gradient of log p(y | x_t, t) is multiplied by s "
                                       "(0 = unguided, but labels are still drawn)", parse=finite_float)
 
@@ -331,50 +409,33 @@ class BaseSamplesConfig:
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierAccuracyConfig:
+    """``scripts/classifier_accuracy.py``: a classifier's accuracy on labelled images (its own flags)."""
+
+    samples: str = setting("", "npz with arr_0 uint8 NHWC images and arr_1 labels")
+    timestep: int = setting(0, "timestep given to the classifier (0: clean images)", parse=nonneg_int)
+    out_json: str = setting("", "also write the scores to this JSON file ('' = none)")
+    class_grid: str = setting("", "also write a PNG with one row per class: the first --per_class images labelled "
+                              "with it ('' = none)")
+    per_class: int = setting(8, "images per row of --class_grid", parse=nonneg_int)
+
+
+@group(out_dir="classifier_out", batch_size=4, lr=3e-4)
+class ClassifierTrainConfig(TrainingConfig):
     """``scripts/classifier_train.py`` (upstream's flags plus out_dir, max_steps, seed, random_flip)."""
 
-    data_dir: str = setting("", "labelled training images: a folder (class = file-name prefix before '_') or an "
-                            ".npz with arr_0 uint8 NHWC and arr_1 labels")
     val_data_dir: str = setting("", "held-out labelled images (same formats); one batch is evaluated every "
                                 "--eval_interval steps ('' = none)")
     noised: bool = setting(True, "train on noised images x_t at random timesteps t (False: clean images, t = 0)")
     iterations: int = setting(150000, "training steps in total (lr annealing runs over these)", parse=nonneg_int)
-    lr: float = setting(3e-4, "AdamW learning rate")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
     anneal_lr: bool = setting(False, "decay the lr linearly to 0 over --iterations")
-    batch_size: int = setting(4, "images per step per process (global batch = batch_size * processes)")
-    microbatch: int = setting(-1, "split each batch into chunks of this size and accumulate gradients (-1: no split)")
-    schedule_sampler: str = setting("uniform", "timestep sampler of the noised inputs", choices=SCHEDULE_SAMPLERS)
-    resume_checkpoint: str = setting("", "model<step>.pt to resume from (opt<step>.pt beside it); another file "
-                                     "name loads the weights and starts at step 0")
-    log_interval: int = setting(10, "steps between log lines / progress.csv rows")
     eval_interval: int = setting(5, "steps between held-out evaluation batches (with --val_data_dir)")
-    save_interval: int = setting(10000, "steps between checkpoints (the final step is always saved; 0: final only)")
-    out_dir: str = setting("classifier_out", "directory for model<step>.pt, opt<step>.pt, args.json, log.txt and "
-                           "progress.csv")
-    max_steps: int = setting(0, "stop after this many steps in total, without changing the lr schedule (0: no limit)")
-    seed: int = setting(0, "seed of the initialisation, data order, flips, timesteps and noise")
-    random_flip: bool = setting(True, "random horizontal flips of training images")
 
 
-@dataclass
-class NllConfig:
+@group(num_samples=1000)
+class NllConfig(SeedConfig, ClipConfig, DataConfig, ResumableConfig):
     """``scripts/image_nll.py``: bits/dim of a data set under a diffusion model's variational bound."""
 
-    data_dir: str = setting("", "images to evaluate: a folder (sorted, recursive) or an .npz with arr_0 uint8 NHWC "
-                            "(arr_1 labels for class-conditional models)")
-    model_path: str = setting("", "diffusion model checkpoint (.pt state_dict) or diffusers UNet2DModel folder",
-                              pixel=False)
-    num_samples: int = setting(1000, "evaluate the first N images (fewer if the data set is smaller)",
-                               parse=positive_int, pixel=False)
-    batch_size: int = setting(1, "images per forward pass (per process)", parse=positive_int, pixel=False)
-    clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] in every VB term")
-    seed: int = setting(0, "seed: the noise of image k at timestep t depends only on (seed, k, t)")
-    out_dir: str = setting(".", "output folder (created if missing) for bpd.npz, bpd.json and the *_terms.npz",
-                           pixel=False)
-    overwrite: bool = setting(False, "discard finished parts in OUT.parts/ and start over", pixel=False)
-    progress: bool = setting(True, "print one line per round with the running mean bits/dim", pixel=False)
     t_strata: int = setting(0, "0: every one of the S terms (upstream's calc_bpd_loop). K in 1..S-1: an unbiased "
                             "stratified estimate of the same bound from K+1 network calls per image: the t = 0 "
                             "term, and one timestep drawn per image in each of K strata of 1..S-1 (widths "
@@ -409,6 +470,8 @@ class GridOptConfig:
 
 SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)
 MODEL_DIFFUSION_GROUPS = (ModelConfig, DiffusionConfig, TimeShiftConfig)
+# Flags upstream's sampling script accepts and ignores; ours accepts them too (their real declarations).
+UPSTREAM_UNUSED_SAMPLING_FLAGS = ("classifier_scale", "classifier_path", "classifier_depth")
 
 
 # ------------------------------------------------------------------ derived: names, dicts, parsers
@@ -473,14 +536,21 @@ def add_argument(parser, name, default, f=None, help=None):
     )
 
 
-def add_settings(parser, *classes, skip=(), only=None):
+def add_settings(parser, *classes, skip=(), only=None, defaults=None, note=None):
     """Add one flag per declared setting of ``classes`` (a name shared by two classes once).
 
-    ``skip``: names to leave out; ``only``: if given, the names to add (others left out).
+    ``skip``: names to leave out; ``only``: if given, the names to add (others left out);
+    ``defaults``: {name: value} this command's own defaults (e.g. a benchmark's batch size);
+    ``note``: text appended to every added flag's help.
     """
+    defaults = defaults or {}
+    unknown = sorted(set(defaults) - set(declared(*classes)))
+    if unknown:
+        raise TypeError(f"defaults for undeclared settings: {', '.join(unknown)}")
     for name, f in declared(*classes).items():
         if name not in skip and (only is None or name in only):
-            add_argument(parser, name, f.default, f)
+            text = f.metadata["help"] + (f" ({note})" if note else "")
+            add_argument(parser, name, defaults.get(name, f.default), f, help=text)
     return parser
 
 

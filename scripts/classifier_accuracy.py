@@ -26,28 +26,23 @@ from guided_diffusion.io_util import write_text_atomic
 from guided_diffusion.cli import run_cli
 from guided_diffusion.script_util import classifier_from_configs
 from guided_diffusion.settings import (
+    ClassifierAccuracyConfig,
     ClassifierConfig,
+    GuidanceConfig,
     ModelConfig,
     OneLineErrorParser,
+    OutputConfig,
     add_settings,
     configs_from_args,
-    nonneg_int,
 )
 
 
 def create_parser():
     parser = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", default="", help="npz with arr_0 uint8 NHWC images and arr_1 labels")
-    parser.add_argument("--classifier_path", default="", help="classifier checkpoint (.pt state_dict)")
-    parser.add_argument("--timestep", type=nonneg_int, default=0, help="timestep given to the classifier (default: 0)")
-    parser.add_argument("--batch_size", type=nonneg_int, default=250, help="images per forward pass (default: 250)")
-    parser.add_argument("--out_json", default="", help="also write the scores to this JSON file (default: none)")
-    parser.add_argument("--class_grid", default="",
-                        help="also write a PNG with one row per class: the first --per_class images labelled "
-                             "with it (default: none)")
-    parser.add_argument("--per_class", type=nonneg_int, default=8,
-                        help="images per row of --class_grid (default: 8)")
+    add_settings(parser, ClassifierAccuracyConfig)
+    add_settings(parser, GuidanceConfig, only=("classifier_path",))
+    add_settings(parser, OutputConfig, only=("batch_size",), defaults={"batch_size": 250})
     add_settings(parser, ClassifierConfig)
     return add_settings(parser, ModelConfig, only=("image_size", "image_channels"))
 

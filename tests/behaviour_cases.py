@@ -36,6 +36,26 @@ def make_paper_checkpoint(path):
     return path
 
 
+def machine_key():
+    """What the npz bytes depend on besides the code: "TORCH_MAJOR.MINOR/CPU_CAPABILITY", e.g.
+    "2.13/AVX512": the float32 kernel set torch dispatches to (AVX2 and AVX-512 round differently).
+
+    oneDNN's convolutions pick their own instruction set, the hardware's like ATen's unless an
+    environment variable lowers one of them: then the key says so (e.g. "2.13/AVX2+oneDNN:native"
+    for ``ATEN_CPU_CAPABILITY=avx2`` alone), since such a mix writes other bytes than either machine.
+    ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` reproduces an AVX2 machine's bytes.
+    """
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    cap = torch.backends.cpu.get_cpu_capability()
+    onednn = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if onednn in ("", "ALL"):
+        if os.environ.get("ATEN_CPU_CAPABILITY"):
+            cap += "+oneDNN:native"
+    elif not onednn.startswith(cap):
+        cap += f"+oneDNN:{onednn}"
+    return f"{major}.{minor}/{cap}"
+
+
 def demo_checkpoint_sha256():
     with open(DEMO_CHECKPOINT, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()

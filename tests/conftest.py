@@ -7,6 +7,7 @@ found from the test's source; ``-m "not integration"`` leaves the fast in-proces
 
 import inspect
 import re
+import sys
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ _NAME = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")
 
 
 def _launches_process(obj, module, seen):
-    """Whether ``obj``'s source, or a module-level function/fixture it names, starts a process."""
+    """Whether ``obj``'s source, or a module-level function/fixture it names (in its own module or
+    the shared ``helpers``), starts a process."""
     if obj in seen or not callable(obj):
         return False
     seen.add(obj)
@@ -30,7 +32,8 @@ def _launches_process(obj, module, seen):
         return True
     for name in set(_NAME.findall(source)):
         other = getattr(module, name, None)
-        if inspect.isfunction(other) and other.__module__ == module.__name__ and _launches_process(other, module, seen):
+        if inspect.isfunction(other) and other.__module__ in (module.__name__, "helpers") and _launches_process(
+                other, sys.modules[other.__module__], seen):
             return True
     return False
 
@@ -55,6 +58,16 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module's in-process runs (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the machine is shared, and oversubscription is very slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -26,11 +26,10 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
 )
 from official_configs import OFFICIAL_CLASSIFIER_CONFIGS
+from helpers import EXIT_AFTER_PARTS, ROOT, argv_of, run_proc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "classifier_train.py")
 SAMPLE = os.path.join(ROOT, "scripts", "classifier_sample.py")
-EXIT_AFTER_PARTS = os.path.join(ROOT, "tests", "tools", "exit_after_parts.py")
 MANIFESTS = json.load(open(os.path.join(ROOT, "tests", "data", "guidance_manifests.json")))
 
 CLF = dict(image_size=8, image_channels=1, classifier_num_classes=3, classifier_width=32, classifier_depth=1,
@@ -42,22 +41,7 @@ NUM = 5
 NPZ = "adm_cifar_ddim4step_4win_5cut_cls2.npz"
 
 
-def argv_of(values):
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
-
-
-def run_proc(script, argv):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=170)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -41,19 +41,25 @@ def test_eps_scale_factor_hand_values():
 def test_apply_eps_scaling_divides():
     eps = torch.tensor([[[[2.0, -4.0], [1.0, 0.5]]]])
     assert torch.equal(apply_eps_scaling(eps, 2.0), torch.tensor([[[[1.0, -2.0], [0.5, 0.25]]]]))
-    # step i = 2 with b = 1, k = 0.5 -> lambda = 2
-    assert torch.equal(Corrections(eps_scale=1.0, eps_scale_k=0.5).scale_eps(eps, 2), eps / 2)
-    assert torch.equal(Corrections(eps_scale=1.25).scale_eps(eps, 7), eps / 1.25)
+    # the network as the loop's step i sees it; step i = 2 with b = 1, k = 0.5 -> lambda = 2
+    net = lambda x, t: x  # noqa: E731
+    assert torch.equal(Corrections(eps_scale=1.0, eps_scale_k=0.5).scaled_model(net, 2, 1)(eps, 0), eps / 2)
+    assert torch.equal(Corrections(eps_scale=1.25).scaled_model(net, 7, 1)(eps, 0), eps / 1.25)
+    # learned sigma: only the first C (eps) channels are scaled, the variance channels pass through
+    both = torch.cat([eps, eps + 3], dim=1)
+    out = Corrections(eps_scale=2.0).scaled_model(net, 0, 1)(both, 0)
+    assert torch.equal(out[:, :1], eps / 2) and torch.equal(out[:, 1:], eps + 3)
 
 
 def test_eps_scale_one_is_the_identity_object():
     eps = torch.randn(2, 3, 4, 4)
     assert apply_eps_scaling(eps, 1.0) is eps
     assert apply_eps_scaling(eps, 1) is eps
-    assert Corrections().scale_eps(eps, 19) is eps
-    assert Corrections(eps_scale=1.0, eps_scale_k=0.0).scale_eps(eps, 0) is eps
+    net = lambda x, t: x  # noqa: E731
+    assert Corrections().scaled_model(net, 19, 3) is net
+    assert Corrections(eps_scale=1.0, eps_scale_k=0.0).scaled_model(net, 0, 3) is net
     # ES* at its last step has lambda_0 = b = 1: nothing to do, still bit-identical
-    assert Corrections(eps_scale=1.0, eps_scale_k=0.01).scale_eps(eps, 0) is eps
+    assert Corrections(eps_scale=1.0, eps_scale_k=0.01).scaled_model(net, 0, 3)(eps, 0) is eps
     assert apply_eps_scaling(eps, 1.0001) is not eps
 
 

@@ -1,7 +1,7 @@
 """Tests for the dataset preparation scripts in datasets/ (synthetic inputs, real formats)."""
 
 import gzip
-import importlib
+import importlib.util
 import io
 import os
 import pickle
@@ -58,11 +58,9 @@ def listing(path):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_on_every_flag(script, monkeypatch):
     parsers = []
-    sys.path.insert(0, DATASETS)
-    try:
-        mod = importlib.import_module(script)
-    finally:
-        sys.path.remove(DATASETS)
+    spec = importlib.util.spec_from_file_location(f"datasets_{script}", os.path.join(DATASETS, script + ".py"))
+    mod = importlib.util.module_from_spec(spec)  # datasets/ holds scripts, not a package
+    spec.loader.exec_module(mod)
     real = mod.make_parser
 
     def spy(description):

@@ -20,7 +20,7 @@ import diffusers  # noqa: E402 (in requirements-cpu.txt: CI installs it, so thes
 
 from guided_diffusion.diffusers_model import DiffusersUNet, settings_from_configs  # noqa: E402
 from guided_diffusion.sampler.loop import Sampler, final_sample, sample_loop_progressive  # noqa: E402
-from guided_diffusion.schedules import space_timesteps  # noqa: E402
+from guided_diffusion.respace import space_timesteps  # noqa: E402
 from guided_diffusion.script_util import create_gaussian_diffusion  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from evaluations import evaluator as E  # noqa: E402
-from evaluations import inception as I  # noqa: E402
+from evaluations import evaluator as E
+from evaluations import inception as I
+from helpers import ROOT as REPO
 
 WEIGHTS = os.environ.get("INCEPTION_PATH") or I.default_weights_path()
 needs_weights = pytest.mark.skipif(

@@ -4,8 +4,6 @@ its terms for a small T, per-sample noise, kill + resume, processes, bad inputs.
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,21 +12,15 @@ import torch
 from guided_diffusion.sampler.generate import SampleNoise
 from guided_diffusion.jobs.nll import bpd_terms, read_bpd, stratify_timesteps
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
+from helpers import EXIT_AFTER_PARTS, ROOT, argv_of, run_proc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "image_nll.py")
-EXIT_AFTER_PARTS = os.path.join(ROOT, "tests", "tools", "exit_after_parts.py")
 MODEL = dict(image_size=8, image_channels=1, num_channels=32, channel_mult="1", num_res_blocks=1,
              attention_resolutions="", diffusion_steps=10, noise_schedule="cosine", learn_sigma=True)
 NUM = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _approx_cdf(x):
@@ -156,13 +148,7 @@ def files(tmp_path_factory):
 def flags(files, out_dir, **extra):
     values = {**MODEL, "model_path": files["model"], "data_dir": files["data"], "num_samples": NUM,
               "batch_size": 2, "seed": 5, "out_dir": out_dir, **extra}
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
-
-
-def run_proc(argv, launcher=(), script=SCRIPT):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, sys.executable, script, *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=170)
+    return argv_of(values)
 
 
 def run_here(files, out_dir, **extra):
@@ -214,10 +200,10 @@ def test_script_stratified(files, tmp_path):
 
 @pytest.mark.integration
 def test_kill_and_resume_same_bytes(files, reference, tmp_path):
-    res = run_proc(["1", SCRIPT, *flags(files, str(tmp_path), batch_size=3)], script=EXIT_AFTER_PARTS)
+    res = run_proc(EXIT_AFTER_PARTS, ["1", SCRIPT, *flags(files, str(tmp_path), batch_size=3)])
     assert res.returncode == 137, res.stderr
     assert not (tmp_path / "bpd.json").exists()
-    res = run_proc(flags(files, str(tmp_path), batch_size=3))
+    res = run_proc(SCRIPT, flags(files, str(tmp_path), batch_size=3))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "bpd.npz").read_bytes() == reference[1]
     assert "bits/dim" in res.stdout
@@ -229,11 +215,11 @@ def test_two_processes_same_result(files, reference, tmp_path):
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not installed")
     # batch 3: rank 0 takes images 0-2, rank 1 images 3-4, the reference's batches: the same bytes
-    res = run_proc(flags(files, str(tmp_path), batch_size=3), launcher=("mpiexec", "-n", "2"))
+    res = run_proc(SCRIPT, flags(files, str(tmp_path), batch_size=3), launcher=("mpiexec", "-n", "2"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "bpd.npz").read_bytes() == reference[1]
     # another batch size: the same up to the rounding of batched convolutions
-    res = run_proc(flags(files, str(tmp_path / "b1"), batch_size=1), launcher=("mpiexec", "-n", "2"))
+    res = run_proc(SCRIPT, flags(files, str(tmp_path / "b1"), batch_size=1), launcher=("mpiexec", "-n", "2"))
     assert res.returncode == 0, res.stderr
     a, b = read_bpd(str(tmp_path / "b1"))[1]["total_bpd"], read_bpd(str(files["dir"] / "ref"))[1]["total_bpd"]
     assert np.allclose(a, b, atol=1e-5)
@@ -277,7 +263,7 @@ def test_changed_settings_refused(files, tmp_path, capsys):
     (dict(t_strata=10), "--t_strata 10: use 0 (every timestep) or 1..9"),
 ])
 def test_bad_inputs_one_line_exit_2(files, tmp_path, change, expect):
-    res = run_proc(flags(files, str(tmp_path / "o"), **change))
+    res = run_proc(SCRIPT, flags(files, str(tmp_path / "o"), **change))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0], res.stderr

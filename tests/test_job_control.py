@@ -28,9 +28,8 @@ from guided_diffusion.cli import run_cli
 from guided_diffusion.errors import Preempted
 from guided_diffusion.jobs.control import OutputLock, OutputLockedError, lock_path_for
 from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from helpers import ROOT, argv_of, save_random_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "image_sample.py")
 TRAIN_SCRIPT = os.path.join(ROOT, "scripts", "image_train.py")
 PAUSE = os.path.join(ROOT, "tests", "tools", "pause_before_part.py")
@@ -43,29 +42,20 @@ NPZ_NAME = "adm_cifar_ddim3step.npz"
 def flags(model_path, out_dir, **extra):
     values = {**MODEL, "timestep_respacing": "ddim3", "use_ddim": True, "num_samples": NUM_SAMPLES,
               "batch_size": 3, "progress": False, "model_path": model_path, "out_dir": out_dir, **extra}
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+    return argv_of(values)
 
 
 def env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    kw = model_and_diffusion_defaults()
-    kw.update(MODEL)
-    torch.manual_seed(0)
-    model, _ = create_model_and_diffusion(**kw)
     path = tmp_path_factory.mktemp("jobs") / "tiny.pt"
-    torch.save(model.state_dict(), path)
+    save_random_model(path, **MODEL)
     return str(path)
 
 

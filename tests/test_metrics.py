@@ -1,16 +1,12 @@
 """Tests of evaluations/metrics.py: FID / sFID math, Inception Score, improved precision & recall."""
 
-import os
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluations import metrics as M  # noqa: E402
+from evaluations import metrics as M
 
 METHODS = ["sqrtm", "eigh"]
 

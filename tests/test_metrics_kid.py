@@ -1,14 +1,9 @@
 """Tests of evaluations.metrics.kid: KID as torch-fidelity / clean-fid define it."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluations import metrics as M  # noqa: E402
+from evaluations import metrics as M
 
 
 def _k(u, v):

@@ -9,8 +9,6 @@ marked ``integration``; the rest call :func:`run_sampling` in this process to ke
 import io
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,12 +19,10 @@ from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise
 from guided_diffusion.io_util import write_npz_streaming
 from guided_diffusion.cli import run_cli
 from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from helpers import EXIT_AFTER_PARTS, ROOT, argv_of, run_proc, save_random_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "image_sample.py")
 SCRIPT_1GPU = os.path.join(ROOT, "scripts", "image_sample_1gpu.py")
-EXIT_AFTER_PARTS = os.path.join(ROOT, "tests", "tools", "exit_after_parts.py")
 NUM_SAMPLES = 10
 NAN_INDEX = 3  # the NaN checkpoint breaks this sample only (through its class label)
 MODEL = dict(
@@ -44,28 +40,17 @@ NPZ_NAME = "adm_cifar_ddim4step.npz"
 def flags(model_path, out_dir, **extra):
     values = {**MODEL, "timestep_respacing": "ddim4", "use_ddim": True, "num_samples": NUM_SAMPLES,
               "progress": False, "model_path": model_path, "out_dir": out_dir, **extra}
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+    return argv_of(values)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """In-process runs use one thread: the machine is shared, and oversubscription is very slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scale_out")
-    kw = model_and_diffusion_defaults()
-    kw.update(MODEL)
-    torch.manual_seed(0)
-    model, _ = create_model_and_diffusion(**kw)
-    sd = model.state_dict()
     good = str(folder / "tiny.pt")
-    torch.save(sd, good)
+    sd = save_random_model(good, **MODEL).state_dict()
     label = int(SampleNoise(0).integers(torch.tensor([NAN_INDEX]), LABEL_STREAM, 1000)[0])
     others = SampleNoise(0).integers(torch.arange(NUM_SAMPLES), LABEL_STREAM, 1000).tolist()
     assert others.count(label) == 1
@@ -80,12 +65,6 @@ def run_here(argv):
     """The sampling command in this process (single process); returns the npz path."""
     job, _ = parse_sampling_flags(argv)
     return run_sampling(job, device=torch.device("cpu"))
-
-
-def run_proc(argv, launcher=(), env=None, script=SCRIPT):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([*launcher, sys.executable, script, *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +96,14 @@ def test_batch_size_does_not_change_bytes(ckpts, reference, tmp_path, batch_size
 
 @pytest.mark.integration
 def test_1gpu_script_same_bytes(ckpts, reference, tmp_path):
-    res = run_proc(flags(ckpts["good"], tmp_path, batch_size=10), script=SCRIPT_1GPU)
+    res = run_proc(SCRIPT_1GPU, flags(ckpts["good"], tmp_path, batch_size=10))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / NPZ_NAME).read_bytes() == reference
 
 
 @pytest.mark.integration
 def test_plain_script_same_bytes(ckpts, reference, tmp_path):
-    res = run_proc(flags(ckpts["good"], tmp_path, batch_size=4))
+    res = run_proc(SCRIPT, flags(ckpts["good"], tmp_path, batch_size=4))
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["wrote", str(tmp_path / NPZ_NAME), "wrote", str(tmp_path / NPZ_NAME[:-4]) + ".json"]
     assert (tmp_path / NPZ_NAME).read_bytes() == reference
@@ -136,7 +115,7 @@ def test_mpiexec_two_ranks_same_bytes(ckpts, reference, tmp_path):
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not installed")
     # batch 4: 3 batches, so rank 0 has two and rank 1 one (unequal counts must not hang).
-    res = run_proc(flags(ckpts["good"], tmp_path, batch_size=4), launcher=("mpiexec", "-n", "2"))
+    res = run_proc(SCRIPT, flags(ckpts["good"], tmp_path, batch_size=4), launcher=("mpiexec", "-n", "2"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / NPZ_NAME).read_bytes() == reference
 
@@ -144,7 +123,7 @@ def test_mpiexec_two_ranks_same_bytes(ckpts, reference, tmp_path):
 @pytest.mark.integration
 def test_kill_and_resume_same_bytes(ckpts, reference, tmp_path):
     argv = flags(ckpts["good"], tmp_path, batch_size=3)
-    res = run_proc(["2", SCRIPT, *argv], script=EXIT_AFTER_PARTS)
+    res = run_proc(EXIT_AFTER_PARTS, ["2", SCRIPT, *argv])
     assert res.returncode != 0
     parts_dir = str(tmp_path / NPZ_NAME) + ".parts"
     assert [p[:2] for p in sample_parts.list_parts(parts_dir)] == [(0, 3), (3, 6)]
@@ -181,7 +160,7 @@ def test_mismatched_parts_refused(ckpts, tmp_path, capsys):
 
 @pytest.mark.integration
 def test_nan_sample_stops_single_process(ckpts, tmp_path):
-    res = run_proc(flags(ckpts["nan"], tmp_path, batch_size=2))
+    res = run_proc(SCRIPT, flags(ckpts["nan"], tmp_path, batch_size=2))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and f"sample {NAN_INDEX} " in lines[0] and "DDIM" in lines[0], res.stderr
@@ -196,7 +175,7 @@ def test_nan_sample_stops_every_rank(ckpts, tmp_path):
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not installed")
     # batch 2: [2, 4) is rank 1's first batch, so rank 1 fails and rank 0 must stop too.
-    res = run_proc(flags(ckpts["nan"], tmp_path, batch_size=2), launcher=("mpiexec", "-n", "2"))
+    res = run_proc(SCRIPT, flags(ckpts["nan"], tmp_path, batch_size=2), launcher=("mpiexec", "-n", "2"))
     assert res.returncode != 0
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and f"sample {NAN_INDEX} " in lines[0], res.stderr

@@ -11,7 +11,8 @@ import torch
 
 from guided_diffusion.errors import ExplodedSampleError, NonFiniteSampleError
 from guided_diffusion.sampler.generate import EXPLODED_SHARE, exploded_share, sample_batch
-from guided_diffusion.sampler.loop import SAMPLER_KINDS, Sampler, sample_loop_progressive
+from guided_diffusion.sampler.loop import Sampler, sample_loop_progressive
+from guided_diffusion.sampler.solvers import SOLVER_NAMES
 from guided_diffusion.sampler.solvers import SOLVERS
 from guided_diffusion.script_util import create_gaussian_diffusion
 from reference_models import AnalyticEpsModel
@@ -74,7 +75,7 @@ def test_every_sampler_stays_a_diffusion_state(schedule, grid, top_error):
     is not saturated: at most 5% of the pixels at |x| >= 1 (the data have 0.3%; the unclipped PNDM
     transfer gave 50-100% on the top-starting cosine grids)."""
     d, model, _, x_T = _setup(schedule, grid, top_error)
-    for kind in SAMPLER_KINDS:
+    for kind in SOLVER_NAMES:
         states = _run(d, model, x_T, kind)
         for k, (x, a) in enumerate(states):
             a = torch.as_tensor(a, dtype=torch.float64)

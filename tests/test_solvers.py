@@ -122,6 +122,24 @@ def test_registry_and_errors():
         get_solver("f-pndm").step(EpsHistory(), x, eps, x0, LINEAR_AB[500], LINEAR_AB[400])
 
 
+def test_one_registry_feeds_the_flags_the_loop_and_nfe():
+    import dataclasses
+
+    from guided_diffusion.sampler.loop import Sampler
+    from guided_diffusion.sampler.solvers import REGISTRY, SOLVER_NAMES
+    from guided_diffusion.settings import SamplerConfig
+
+    assert SOLVER_NAMES == tuple(spec.name for spec in REGISTRY)
+    solver_flag = {f.name: f for f in dataclasses.fields(SamplerConfig)}["solver"]
+    assert solver_flag.metadata["choices"] == ("",) + SOLVER_NAMES
+    for spec in REGISTRY:
+        assert Sampler(kind=spec.name).kind == spec.name and spec.summary in solver_flag.metadata["help"]
+    with pytest.raises(ValueError, match="sampler kind"):
+        Sampler(kind="heun")
+    assert [nfe(name, 10) for name in SOLVER_NAMES] == [10, 10, 10, 10, 11, 19]
+    assert nfe("f-pndm", 2, ends_clean=True) == 2 + 3 and nfe("ddpm", 0) == 0
+
+
 # ----------------------------------------------------------------------------- DDIM reference
 @pytest.mark.parametrize("shift", [False, True])
 def test_ddim_equals_gaussian_diffusion_ddim_step(shift):

@@ -4,8 +4,6 @@ samples cycled per sample, kill + resume, bad inputs)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,11 +14,10 @@ from guided_diffusion.sampler.conditioning import LowResInputs
 from guided_diffusion.image_datasets import ImageDataset, LowResBatcher, StepBatcher
 from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
 from official_configs import OFFICIAL_UPSAMPLER_CONFIGS
+from helpers import EXIT_AFTER_PARTS, ROOT, argv_of, run_proc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "super_res_train.py")
 SAMPLE = os.path.join(ROOT, "scripts", "super_res_sample.py")
-EXIT_AFTER_PARTS = os.path.join(ROOT, "tests", "tools", "exit_after_parts.py")
 MANIFESTS = json.load(open(os.path.join(ROOT, "tests", "data", "guidance_manifests.json")))
 MODEL = dict(large_size=16, small_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1,
              attention_resolutions="8", diffusion_steps=40, learn_sigma=True, class_cond=True)
@@ -28,22 +25,7 @@ NUM = 5
 NPZ = "adm_cifar_ddim4step_4win_5cut_sr8to16.npz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def argv_of(values):
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
-
-
-def run_proc(script, argv):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=170)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ factory

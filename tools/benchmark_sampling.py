@@ -37,6 +37,7 @@ from guided_diffusion.script_util import (
     str2bool,
 )
 from guided_diffusion.sampler.time_shift import TimeShift
+from guided_diffusion.settings import FastPathConfig, ModelConfig, OutputConfig, TimeShiftConfig, add_settings
 
 SEED_CONFIG = PAPER_CIFAR10_FLAGS
 TINY_CONFIG = dict(SEED_CONFIG, image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="",
@@ -175,19 +176,16 @@ def main(argv=None):
     p.add_argument("--config", default="seed", choices=["seed", "tiny"], help="seed: the README CIFAR-10 model "
                    "(57M); tiny: a small model for smoke tests")
     p.add_argument("--free_model", type=str2bool, default=False, help="replace the network by one that costs nothing")
-    p.add_argument("--batch_size", type=int, default=512, help="images per batch")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (respacing N)")
-    p.add_argument("--window", type=int, default=8, help="time-shift window")
-    p.add_argument("--cutoff", type=int, default=300, help="time-shift cutoff")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed_loop", type=str2bool, default=True, help="also time the seed code's loop")
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "math"], help="fast-path attention kernel")
-    p.add_argument("--use_fp16", type=str2bool, default=False, help="fast path: upstream fp16 trunk")
-    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"], help="fast path: autocast dtype")
-    p.add_argument("--channels_last", type=str2bool, default=False, help="fast path: channels_last")
-    p.add_argument("--compile", type=str2bool, default=False, help="fast path: torch.compile")
+    # the settings' own declarations, with this benchmark's defaults (a large batch, the fused attention)
+    add_settings(p, OutputConfig, only=("batch_size",), defaults={"batch_size": 512})
+    add_settings(p, TimeShiftConfig, only=("window", "cutoff"), defaults={"window": 8})
+    add_settings(p, FastPathConfig, defaults={"attention": "sdpa"})
+    add_settings(p, ModelConfig, only=("use_fp16",))
     p.add_argument("--noise_repeats", type=int, default=21, help="timed repetitions of the noise generator "
                    "measurement (median reported)")
     p.add_argument("--noise_only", type=str2bool, default=False, help="only time SampleNoise against torch.randn")

@@ -1,6 +1,6 @@
 """Observed order of each deterministic solver on the exact probability-flow ODE of Gaussian data.
 
-    python tools/solver_convergence.py [--steps 5,10,20,40,80] [--grid lambda|sigma|time]
+    python tools/solver_convergence.py [--steps 5,10,20,40,80] [--spacing lambda|sigma|time]
                                          [--lam_start -5] [--lam_end 5] [--s 0.5]
 
 Data x0 ~ N(mu, s^2) per pixel, exact eps (no model error, no clipping). For a VP process the
@@ -160,17 +160,17 @@ def print_table(steps, grid, lam_start, lam_end, s):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", default=None, help="default 5,10,20,40,80 (lambda), 10,...,160 (sigma)")
-    parser.add_argument("--grid", default=None, choices=["lambda", "sigma", "time"],
+    parser.add_argument("--spacing", default=None, choices=["lambda", "sigma", "time"],
                         help="default: the lambda table and the sigma table")
-    parser.add_argument("--lam_start", type=float, default=None)
-    parser.add_argument("--lam_end", type=float, default=None)
+    parser.add_argument("--lam_start", type=float, default=None, help="log-SNR where the integration starts")
+    parser.add_argument("--lam_end", type=float, default=None, help="log-SNR where the integration ends")
     parser.add_argument("--s", type=float, default=None, help="data standard deviation")
     args = parser.parse_args()
     short, long_ = (5, 10, 20, 40, 80), (10, 20, 40, 80, 160)
-    if args.grid is None:
+    if args.spacing is None:
         configs = [("lambda", LAMBDA_START, LAMBDA_END, 0.5, short), ("sigma", -2.0, 2.0, 1.0, long_)]
     else:
-        configs = [(args.grid, LAMBDA_START, LAMBDA_END, 0.5, short)]
+        configs = [(args.spacing, LAMBDA_START, LAMBDA_END, 0.5, short)]
     for grid, lam_start, lam_end, s, steps in configs:
         steps = steps if args.steps is None else [int(v) for v in args.steps.split(",")]
         lam_start = lam_start if args.lam_start is None else args.lam_start

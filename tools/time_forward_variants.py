@@ -14,11 +14,12 @@ import torch
 from guided_diffusion.sampler.fast_path import apply_fast_path
 from guided_diffusion.script_util import PAPER_CIFAR10_FLAGS as SEED_CONFIG
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.settings import OutputConfig, add_settings
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch_size", type=int, default=256, help="images per forward")
+    add_settings(p, OutputConfig, only=("batch_size",), defaults={"batch_size": 256})
     p.add_argument("--repeats", type=int, default=10, help="timed forwards per variant")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"

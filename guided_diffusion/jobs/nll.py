@@ -12,7 +12,8 @@ only on (seed, k, t) (:class:`~guided_diffusion.sampler.generate.SampleNoise`, s
 does not depend on the process count or interruptions (the same bytes for the same batch size; across
 batch sizes the network's batched convolutions may round differently, ~1e-6 bits/dim).
 
-A run over W processes: image k (k < num_samples, in data-set order) is in batch k // batch_size;
+A run over W processes (the resumable-parts runner, :func:`guided_diffusion.jobs.runner.run_parts`,
+as for sampling; one batch is :class:`_NllParts`): image k (k < num_samples, in data-set order) is in batch k // batch_size;
 batch j goes to rank j % W; ranks work in rounds and after each round sum (bits/dim, images,
 failures, stop signals) with one all_reduce, so rank 0 prints the running mean over every rank and
 a failure or a SIGTERM/SIGINT on any rank stops all of them at the same round. Each finished batch
@@ -33,11 +34,9 @@ error; the per-step ``*_terms.npz`` are replaced by ``vb_strata.npz`` (per-image
 """
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -46,11 +45,12 @@ import torch
 from .. import diffusers_model, dist_util
 from . import control
 from . import parts as sample_parts
-from ..checkpoint import CheckpointError, load_checkpoint_into
+from ..checkpoint import CheckpointError
+from .runner import PartsJob, build_network, read_on_rank0, run_parts, say
 from ..sampler.generate import SampleNoise
 from ..image_datasets import ImageDataset
 from ..io_util import save_npz_atomic, write_text_atomic
-from ..script_util import create_model, diffusion_from_config
+from ..script_util import diffusion_from_config
 from ..settings import pixel_settings
 
 TERMS = ("vb", "mse", "xstart_mse")
@@ -166,17 +166,85 @@ def _read_part(path, n, steps, stratified=False):
     return arrays
 
 
-def _say(text):
-    sys.stderr.write(text + "\n")
+class _NllParts(PartsJob):
+    """One bits/dim run as a :class:`~guided_diffusion.jobs.runner.PartsJob`: a batch is images
+    start..end-1 (:func:`bpd_terms`) into one part; the counters are [images, sum of bits/dim]."""
+
+    def __init__(self, job, model, diffusion, dataset, device, sha):
+        self.job, self.model, self.diffusion, self.dataset, self.device, self.sha = (job, model, diffusion, dataset,
+                                                                                     device, sha)
+        cfg = job.nll
+        self.out_path, self.batch_size, self.overwrite = job.out_path(), cfg.batch_size, cfg.overwrite
+        self.num = min(cfg.num_samples, len(dataset))
+        self.stratified = bool(cfg.t_strata)
+        self.steps = cfg.t_strata + 1 if self.stratified else diffusion.num_timesteps  # terms (columns) per image
+
+    def meta(self):
+        cfg = self.job.nll
+        flags = pixel_settings(cfg, self.job.model, self.job.diffusion)
+        return {"flags": {**flags, "checkpoint_sha256": self.sha},
+                "info": {"model_path": os.path.abspath(cfg.model_path), "data_dir": os.path.abspath(cfg.data_dir),
+                         "device": str(self.device), "torch": torch.__version__}}
+
+    def keep(self, parts_dir, parts, warnings):
+        """Every readable part whose arrays have the run's shapes; the others are deleted."""
+        good, total, count = [], 0.0, 0
+        for start, end, name in parts:
+            path = os.path.join(parts_dir, name)
+            try:
+                arrays = _read_part(path, end - start, self.steps, self.stratified)
+            except sample_parts.BadPartError as e:
+                os.remove(path)
+                warnings.append(f"{e}: deleted; its images are evaluated again")
+                continue
+            good.append((start, end, name))
+            keep = slice(0, max(0, min(end, self.num) - start))
+            total += float(arrays["total_bpd"][keep].sum())
+            count += len(arrays["total_bpd"][keep])
+        return good, [count, total]
+
+    def run_batch(self, parts_dir, start, end):
+        cfg, device = self.job.nll, self.device
+        x, cond = self.dataset.get_batch(range(start, end))
+        x = x.to(device)
+        kwargs = {k: v.to(device) for k, v in cond.items()}
+        out = bpd_terms(self.model, self.diffusion, x, torch.arange(start, end), seed=cfg.seed,
+                        clip_denoised=cfg.clip_denoised, model_kwargs=kwargs, t_strata=cfg.t_strata)
+        if not bool(torch.isfinite(out["total_bpd"]).all()):
+            bad = start + int((~torch.isfinite(out["total_bpd"])).nonzero()[0, 0])
+            raise ValueError(f"image {bad}: bits/dim is not finite (NaN/inf); nothing was written for its batch")
+        write_part(parts_dir, start, out)
+        return [end - start, float(out["total_bpd"].double().sum())]
+
+    def progress(self, already):
+        return _RunningMean(self.num) if self.job.nll.progress else None
+
+    def finish(self, parts_dir):
+        return _finish(self.job, parts_dir, self.num, self.steps, self.sha, self.diffusion.num_timesteps)
+
+
+class _RunningMean:
+    """Rank 0: one line per round with the running mean bits/dim over every rank's images."""
+
+    def __init__(self, num):
+        self.num, self.started = num, time.time()
+
+    def update(self, round_counts, counters):
+        count, total = int(counters[0]), counters[1]
+        if count:
+            say(f"done {count} of {self.num} images: bpd={total / count:.6f} ({time.time() - self.started:.0f} s)")
+
+    def close(self):
+        pass
 
 
 @control.sampling_job  # output lock and SIGTERM/SIGINT at a round boundary, as for sampling
 def run_nll(job, device=None):
     """Compute bits/dim of the first ``num_samples`` images over all ranks; rank 0 writes the outputs.
 
-    Returns the summary dict on rank 0, None on the others.
+    Returns the summary dict on rank 0, None on the others. The lock, rounds and parts are
+    :func:`guided_diffusion.jobs.runner.run_parts`'s; one batch is :class:`_NllParts`.
     """
-    rank, world = dist_util.get_rank(), dist_util.get_world_size()
     device = dist_util.dev() if device is None else torch.device(device)
     cfg = job.nll
     exc = None
@@ -190,25 +258,10 @@ def run_nll(job, device=None):
     except Exception as e:
         exc = e
     dist_util.check_all(exc)
-    num = min(cfg.num_samples, len(dataset))
-
-    def check_path():
-        if not os.path.isfile(cfg.model_path) and not os.path.isdir(cfg.model_path):
-            raise CheckpointError(f"--model_path {cfg.model_path}: no such file")
-
-    dist_util.on_rank0(check_path)
-    data = diffusers_model.read_model_bytes(cfg.model_path)
-    sha = hashlib.sha256(data).hexdigest() if rank == 0 else None
+    data, sha = read_on_rank0(cfg.model_path, "--model_path")
     model = diffusion = None
     try:
-        model = diffusers_model.maybe_diffusers_model(cfg.model_path, job.diffusion, data)
-        if model is None:
-            model = create_model(**dataclasses.asdict(job.model))
-            load_checkpoint_into(model, cfg.model_path, data=data)
-        model.to(device)
-        if job.model.use_fp16:
-            model.convert_to_fp16()
-        model.eval()
+        model = build_network(job.model, job.diffusion, cfg.model_path, device, data=data)
         diffusion = diffusion_from_config(job.diffusion, sigma_small=diffusers_model.sigma_small_of(data))
         if cfg.t_strata:
             stratify_timesteps(diffusion.num_timesteps, cfg.t_strata)  # the one-line error, before any work
@@ -216,76 +269,7 @@ def run_nll(job, device=None):
         exc = e
     del data
     dist_util.check_all(exc)
-    stratified = bool(cfg.t_strata)
-    steps = cfg.t_strata + 1 if stratified else diffusion.num_timesteps  # terms (columns) per image
-
-    out_path = job.out_path()
-    parts_dir = sample_parts.parts_dir_for(out_path)
-    control.current().lock_output(out_path)
-
-    def prepare():
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        flags = pixel_settings(job.nll, job.model, job.diffusion)
-        meta = {"flags": {**flags, "checkpoint_sha256": sha},
-                "info": {"model_path": os.path.abspath(cfg.model_path), "data_dir": os.path.abspath(cfg.data_dir),
-                         "device": str(device), "torch": torch.__version__}}
-        parts, warnings = sample_parts.prepare_parts_dir(parts_dir, meta, overwrite=cfg.overwrite)
-        good, total, count = [], 0.0, 0
-        for start, end, name in parts:
-            path = os.path.join(parts_dir, name)
-            try:
-                arrays = _read_part(path, end - start, steps, stratified)
-            except sample_parts.BadPartError as e:
-                os.remove(path)
-                warnings.append(f"{e}: deleted; its images are evaluated again")
-                continue
-            good.append((start, end, name))
-            keep = slice(0, max(0, min(end, num) - start))
-            total += float(arrays["total_bpd"][keep].sum())
-            count += len(arrays["total_bpd"][keep])
-        return sample_parts.done_intervals(good, num), warnings, total, count
-
-    done, warnings, bpd_sum, bpd_count = dist_util.on_rank0(prepare)
-    if rank == 0:
-        for line in warnings:
-            _say(f"warning: {line}")
-    batches = sample_parts.plan_batches(done, num, cfg.batch_size)
-    mine = batches[rank::world]
-    rounds = math.ceil(len(batches) / world)
-    started = time.time()
-    for r in range(rounds):
-        exc, local_sum, local_count = None, 0.0, 0
-        if r < len(mine):
-            start, end = mine[r]
-            try:
-                x, cond = dataset.get_batch(range(start, end))
-                x = x.to(device)
-                kwargs = {k: v.to(device) for k, v in cond.items()}
-                out = bpd_terms(model, diffusion, x, torch.arange(start, end), seed=cfg.seed,
-                                clip_denoised=cfg.clip_denoised, model_kwargs=kwargs, t_strata=cfg.t_strata)
-                if not bool(torch.isfinite(out["total_bpd"]).all()):
-                    bad = start + int((~torch.isfinite(out["total_bpd"])).nonzero()[0, 0])
-                    raise ValueError(f"image {bad}: bits/dim is not finite (NaN/inf); nothing was written for "
-                                     f"its batch")
-                write_part(parts_dir, start, out)
-                local_sum, local_count = float(out["total_bpd"].double().sum()), end - start
-            except Exception as e:
-                exc = e
-        signals = control.current().signal_counts()
-        totals = dist_util.all_reduce_sum(torch.tensor([local_sum, local_count, exc is not None, *signals],
-                                                       dtype=torch.float64))
-        bpd_sum += float(totals[0])
-        bpd_count += int(totals[1])
-        if int(totals[2]):
-            dist_util.check_all(exc)
-        if rank == 0 and cfg.progress and bpd_count:
-            _say(f"done {bpd_count} of {num} images: bpd={bpd_sum / bpd_count:.6f} "
-                 f"({time.time() - started:.0f} s)")
-        control.current().stop_if_requested([int(v) for v in totals[3:].tolist()], done=bpd_count,
-                                                num_samples=num, parts_dir=parts_dir)
-    if rank != 0:
-        return None
-    return _finish(job, parts_dir, num, steps, sha, diffusion.num_timesteps)
+    return run_parts(_NllParts(job, model, diffusion, dataset, device, sha))
 
 
 def _finish(job, parts_dir, num, steps, sha, diffusion_steps):

@@ -9,7 +9,9 @@
                                       window=40, cutoff=300, num_samples=64, out_dir="out"))
     path = run_sampling(job.with_demo_model())   # the bundled demo model; or set model_path + model flags
 
-How a run goes, with W processes (W = 1 without a process group):
+How a run goes, with W processes (W = 1 without a process group); steps 2-4 are the resumable-parts
+runner's (:func:`guided_diffusion.jobs.runner.run_parts`, shared with the NLL job), this module states
+what one batch is (:class:`_SamplingParts`):
 
 1. every rank checks the settings; rank 0 reads the checkpoint and broadcasts it (in chunks);
 2. rank 0 prepares ``OUT.npz.parts/`` (see :mod:`guided_diffusion.jobs.parts`): finished parts
@@ -29,10 +31,8 @@ size, process count, or number of interruptions.
 
 import dataclasses
 import hashlib
-import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -43,11 +43,13 @@ from . import control
 from . import parts as sample_parts
 from ..checkpoint import CheckpointError, load_checkpoint_into
 from ..sampler import grids
+from .runner import PartsJob, build_network, read_on_rank0, run_parts, say
 from ..sampler.corrections import Corrections
 from ..sampler.fast_path import apply_fast_path
 from ..sampler.generate import generate_samples
 from ..sampler.loop import Sampler
-from ..script_util import classifier_from_configs, create_model, create_sr_model, diffusion_from_config
+from ..sampler.solvers import nfe
+from ..script_util import classifier_from_configs, diffusion_from_config
 from ..settings import (
     SAMPLING_GROUPS,
     BaseSamplesConfig,
@@ -62,6 +64,7 @@ from ..settings import (
     RunConfig,
     SamplerConfig,
     TimeShiftConfig,
+    UPSTREAM_UNUSED_SAMPLING_FLAGS,
     config_from_dict,
     format_number,
     name_suffix,
@@ -95,7 +98,9 @@ def sampling_parser(description=None, epilog=None):
 
     parser = OneLineErrorParser(description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_settings(parser, *SAMPLING_GROUPS)
+    add_settings(parser, *SAMPLING_GROUPS)
+    return add_settings(parser, GuidanceConfig, ClassifierConfig, only=UPSTREAM_UNUSED_SAMPLING_FLAGS,
+                        note="accepted for upstream compatibility; unused by this command")
 
 
 def parse_sampling_flags(argv=None, description=None, epilog=None, parser=None, extras=(), demo_model=True):
@@ -238,18 +243,9 @@ class SamplingJob:
 
 
 def build_model(job, device, checkpoint_bytes=None):
-    """The network for ``job``: built from its model config, checkpoint loaded strictly, fast path applied."""
-    if job.super_res is not None:
-        model = create_sr_model(job.super_res.large_size, job.super_res.small_size, job.model)
-    else:
-        model = diffusers_model.maybe_diffusers_model(job.run.model_path, job.diffusion, checkpoint_bytes or b"")
-        if model is None:
-            model = create_model(**dataclasses.asdict(job.model))
-            load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes)
-    model.to(device)
-    if job.model.use_fp16:
-        model.convert_to_fp16()
-    model.eval()
+    """The network for ``job``: :func:`~guided_diffusion.jobs.runner.build_network`, then the fast path."""
+    model = build_network(job.model, job.diffusion, job.run.model_path, device, data=checkpoint_bytes,
+                          super_res=job.super_res)
     fast = job.fast
     runner = apply_fast_path(model, device=device, attention=fast.attention, autocast=fast.autocast,
                              channels_last=fast.channels_last, compile=fast.compile)
@@ -283,18 +279,6 @@ def build_classifier(job, device, checkpoint_bytes=None):
     return classifier.eval()
 
 
-def _read_on_rank0(path, flag):
-    """Bytes of ``path`` on every rank (read once on rank 0) and their SHA-256 (rank 0; None elsewhere)."""
-
-    def check():
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{flag} {path}: no such file")
-
-    dist_util.on_rank0(check)
-    data = dist_util.read_file_on_rank0(path)
-    return data, (hashlib.sha256(data).hexdigest() if dist_util.get_rank() == 0 else None)
-
-
 def build_conditioning(job, device):
     """Collective: the job's conditioning (classifier guidance or low-resolution inputs) or None, and
     {"classifier_sha256" / "base_samples_sha256": hex} for the resume metadata (rank 0's; None elsewhere)."""
@@ -305,7 +289,7 @@ def build_conditioning(job, device):
     from ..sampler.conditioning import ClassifierGuidance, LowResInputs
 
     if job.guidance is not None:
-        data, sha = _read_on_rank0(job.guidance.classifier_path, "--classifier_path")
+        data, sha = read_on_rank0(job.guidance.classifier_path, "--classifier_path")
         out = exc = None
         try:
             classifier = build_classifier(job, device, checkpoint_bytes=data)
@@ -316,7 +300,7 @@ def build_conditioning(job, device):
         return out, {"classifier_sha256": sha}
     if job.base is not None:
         path = job.base.base_samples
-        data, sha = _read_on_rank0(path, "--base_samples")
+        data, sha = read_on_rank0(path, "--base_samples")
         out = exc = None
         try:
             try:
@@ -344,16 +328,104 @@ def _device_description(device):
     return device.type
 
 
-def _say(text):
-    sys.stderr.write(text + "\n")
+class _SamplingParts(PartsJob):
+    """One sampling run as a :class:`~guided_diffusion.jobs.runner.PartsJob`: a batch is samples
+    start..end-1 (:func:`~guided_diffusion.sampler.generate.generate_samples`) into one part."""
+
+    def __init__(self, job, model, diffusion, device, conditioning, checkpoint_sha256, input_sha256,
+                 on_part_written):
+        self.job, self.model, self.diffusion, self.device = job, model, diffusion, device
+        self.conditioning, self.on_part_written = conditioning, on_part_written
+        self.checkpoint_sha256, self.input_sha256 = checkpoint_sha256, input_sha256
+        run = job.run
+        self.out_path, self.num, self.batch_size, self.overwrite = (job.output_path(), run.num_samples,
+                                                                    run.batch_size, run.overwrite)
+        self.with_labels = model.num_classes is not None or job.guidance is not None
+        self.image_shape = (job.model.image_size, job.model.image_size, 3)
+        self.sample_kwargs = dict(
+            shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
+            seed=job.sampler.seed,
+            sampler=job.sampler_obj(),
+            num_classes=model.num_classes,
+            conditioning=conditioning,
+            trace=job.sampler.save_trace,
+        )
+
+    def meta(self):
+        return {
+            "flags": {**self.job.pixel_settings(), "checkpoint_sha256": self.checkpoint_sha256, **self.input_sha256},
+            "info": {
+                "model_path": os.path.abspath(self.job.run.model_path),
+                "device": _device_description(self.device),
+                "torch": torch.__version__,
+            },
+        }
+
+    def prepare_kwargs(self):
+        return dict(image_shape=self.image_shape, with_labels=self.with_labels)  # kept parts are verified
+
+    def run_batch(self, parts_dir, start, end):
+        batch = next(generate_samples(self.model, self.diffusion, range(start, end), batch_size=end - start,
+                                      device=self.device, **self.sample_kwargs))
+        path = sample_parts.write_part(parts_dir, start, batch.images, batch.labels, batch.trace)
+        if self.on_part_written is not None:
+            self.on_part_written(path)
+        return [end - start]
+
+    def progress(self, already):
+        return _Bar(self.num, already, dist_util.get_world_size()) if self.job.run.progress else None
+
+    def finish(self, parts_dir):
+        """Stream the parts, in index order, into the npz (one part in memory at a time); its json,
+        trace and grids; the parts removed unless ``keep_parts``."""
+        job, run, diffusion, out_path = self.job, self.job.run, self.diffusion, self.out_path
+        grid = sample_parts.assemble(parts_dir, out_path, num_samples=run.num_samples, image_shape=self.image_shape,
+                                     with_labels=self.with_labels, grid_size=run.grid_size if run.grid else 0)
+        print(f"wrote {out_path}", flush=True)
+        meta_path = meta_path_for(out_path)
+        write_run_meta(meta_path, job, diffusion, self.checkpoint_sha256, self.device, extra=self.input_sha256)
+        print(f"wrote {meta_path}", flush=True)
+        if job.sampler.save_trace:
+            trace_path = trace_path_for(out_path)
+            write_trace(trace_path, job, diffusion, sample_parts.read_trace(parts_dir, run.num_samples,
+                                                                            diffusion.num_timesteps))
+            print(f"wrote {trace_path}", flush=True)
+        if not run.keep_parts:
+            sample_parts.remove_parts(parts_dir)
+        if run.grid and grid is not None:
+            from .figures import save_grid_png
+
+            save_grid_png(run.grid, grid)
+            print(f"wrote {run.grid}", flush=True)
+        if run.compare_grid:
+            write_compare_grid(job, self.model, diffusion, self.device, conditioning=self.conditioning)
+            print(f"wrote {run.compare_grid}", flush=True)
+        return out_path
 
 
-@control.sampling_job  # the output lock, SIGTERM/SIGINT at a round boundary (see job_control)
+class _Bar:
+    """Rank 0's progress bar over every rank's samples."""
+
+    def __init__(self, total, already, world):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=int(already), unit="img", desc=f"sampling x{world}", smoothing=0.1)
+
+    def update(self, round_counts, counters):
+        self.bar.update(int(round_counts[0]))
+
+    def close(self):
+        self.bar.close()
+
+
+@control.sampling_job  # the output lock, SIGTERM/SIGINT at a round boundary (see jobs/control.py)
 def run_sampling(job, device=None, on_part_written=None):
     """Generate samples 0..num_samples-1 of ``job`` over all ranks, resumably; rank 0 writes the npz.
 
     Call :func:`guided_diffusion.dist_util.setup_dist` first for several processes (without it
-    this is a single process). Returns the npz path on rank 0, None on the others.
+    this is a single process). Returns the npz path on rank 0, None on the others. The lock,
+    rounds, parts and assembly order are :func:`guided_diffusion.jobs.runner.run_parts`'s; this
+    function sets up the model and states what one batch does (:class:`_SamplingParts`).
 
     :param job: a :class:`SamplingJob`.
     :param device: torch device (default: this rank's, from ``dist_util.dev()``).
@@ -363,15 +435,13 @@ def run_sampling(job, device=None, on_part_written=None):
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     device = dist_util.dev() if device is None else torch.device(device)
     run = job.run
-    out_path = job.output_path()
-    parts_dir = sample_parts.parts_dir_for(out_path)
 
-    # 1. settings, checkpoint (read once on rank 0, broadcast), model.
-    exc = sampler = None
+    # settings, checkpoint (read once on rank 0, broadcast), model.
+    exc = None
     try:
         job = diffusers_model.resolve_job(job)  # a diffusers folder's configs set the diffusion
         job.validate()
-        sampler = job.sampler_obj()
+        job.sampler_obj()
     except Exception as e:
         exc = e
     dist_util.check_all(exc)
@@ -380,12 +450,9 @@ def run_sampling(job, device=None, on_part_written=None):
         if not run.model_path:
             raise CheckpointError("--model_path is empty: pass the checkpoint file to sample from "
                                   "(or no model flags at all for the bundled demo model)")
-        if not os.path.isfile(run.model_path) and not os.path.isdir(run.model_path):
-            raise CheckpointError(f"--model_path {run.model_path}: no such file")
 
     dist_util.on_rank0(check_path)
-    data = diffusers_model.read_model_bytes(run.model_path)
-    checkpoint_sha256 = hashlib.sha256(data).hexdigest() if rank == 0 else None
+    data, checkpoint_sha256 = read_on_rank0(run.model_path, "--model_path")
     model = diffusion = None
     try:
         model, diffusion = build_model_and_diffusion(job, device, checkpoint_bytes=data)
@@ -394,116 +461,18 @@ def run_sampling(job, device=None, on_part_written=None):
     del data
     dist_util.check_all(exc)
     conditioning, input_sha256 = build_conditioning(job, device)
-    with_labels = model.num_classes is not None or job.guidance is not None
     if rank == 0:
-        for line in (grid_start_warning(diffusion),):
-            if line:
-                _say(f"warning: {line}")
+        line = grid_start_warning(diffusion)
+        if line:
+            say(f"warning: {line}")
 
-    # 2. parts folder and the plan (rank 0 decides, everyone gets the same list).
-    control.current().lock_output(out_path)  # one writer per output (rank 0 holds OUT.npz.lock)
+    def report(stats):
+        if rank == 0 and run.progress and stats.made:
+            say(f"sampled {stats.made} images in {stats.seconds:.1f} s ({stats.made / stats.seconds:.2f} images/s, "
+                f"{world} process(es))")
 
-    def prepare():
-        os.makedirs(run.out_dir, exist_ok=True)
-        meta = {
-            "flags": {**job.pixel_settings(), "checkpoint_sha256": checkpoint_sha256, **input_sha256},
-            "info": {
-                "model_path": os.path.abspath(run.model_path),
-                "device": _device_description(device),
-                "torch": torch.__version__,
-            },
-        }
-        parts, warnings = sample_parts.prepare_parts_dir(
-            parts_dir, meta, overwrite=run.overwrite, image_shape=(job.model.image_size, job.model.image_size, 3),
-            with_labels=with_labels)  # kept parts are verified; bad ones are made again
-        return sample_parts.done_intervals(parts, run.num_samples), warnings
-
-    done, warnings = dist_util.on_rank0(prepare)
-    if rank == 0:
-        for line in warnings:
-            _say(f"warning: {line}")
-    batches = sample_parts.plan_batches(done, run.num_samples, run.batch_size)
-    mine = batches[rank::world]
-    rounds = math.ceil(len(batches) / world)
-
-    # 3. rounds of one batch per rank.
-    sample_kwargs = dict(
-        shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
-        seed=job.sampler.seed,
-        sampler=sampler,
-        num_classes=model.num_classes,
-        conditioning=conditioning,
-    )
-    already = sum(end - start for start, end in done)
-    bar = None
-    if rank == 0 and run.progress and batches:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=run.num_samples, initial=already, unit="img", desc=f"sampling x{world}", smoothing=0.1)
-    made = 0
-    started = time.time()
-    for r in range(rounds):
-        exc, count = None, 0
-        if r < len(mine):
-            start, end = mine[r]
-            try:
-                batch = next(generate_samples(model, diffusion, range(start, end), batch_size=end - start,
-                                              device=device, trace=job.sampler.save_trace, **sample_kwargs))
-                path = sample_parts.write_part(parts_dir, start, batch.images, batch.labels, batch.trace)
-                count = end - start
-                del batch
-                if on_part_written is not None:
-                    on_part_written(path)
-            except Exception as e:  # reported to every rank after this round
-                exc = e
-        count, failures, *stops = dist_util.all_reduce_ints([count, exc is not None,
-                                                             *control.current().signal_counts()])
-        made += count
-        if bar is not None:
-            bar.update(count)
-        if failures:
-            if bar is not None:
-                bar.close()
-            dist_util.check_all(exc)
-        control.current().stop_if_requested(stops, done=already + made, num_samples=run.num_samples,
-                                                parts_dir=parts_dir, bar=bar)  # SIGTERM/SIGINT on any rank
-    if bar is not None:
-        bar.close()
-    if rank == 0 and run.progress and made:
-        seconds = time.time() - started
-        _say(f"sampled {made} images in {seconds:.1f} s ({made / seconds:.2f} images/s, {world} process(es))")
-
-    # 4. rank 0 streams the parts into the final npz.
-    if rank != 0:
-        return None
-    grid = sample_parts.assemble(
-        parts_dir,
-        out_path,
-        num_samples=run.num_samples,
-        image_shape=(job.model.image_size, job.model.image_size, 3),
-        with_labels=with_labels,
-        grid_size=run.grid_size if run.grid else 0,
-    )
-    print(f"wrote {out_path}", flush=True)
-    meta_path = meta_path_for(out_path)
-    write_run_meta(meta_path, job, diffusion, checkpoint_sha256, device, extra=input_sha256)
-    print(f"wrote {meta_path}", flush=True)
-    if job.sampler.save_trace:
-        trace_path = trace_path_for(out_path)
-        write_trace(trace_path, job, diffusion, sample_parts.read_trace(parts_dir, run.num_samples,
-                                                                        diffusion.num_timesteps))
-        print(f"wrote {trace_path}", flush=True)
-    if not run.keep_parts:
-        sample_parts.remove_parts(parts_dir)
-    if run.grid and grid is not None:
-        from .figures import save_grid_png
-
-        save_grid_png(run.grid, grid)
-        print(f"wrote {run.grid}", flush=True)
-    if run.compare_grid:
-        write_compare_grid(job, model, diffusion, device, conditioning=conditioning)
-        print(f"wrote {run.compare_grid}", flush=True)
-    return out_path
+    return run_parts(_SamplingParts(job, model, diffusion, device, conditioning, checkpoint_sha256, input_sha256,
+                                    on_part_written), on_rounds_done=report)
 
 
 GRID_START_SIGNAL = 0.05  # alpha_bar above which starting from pure noise is worth a warning
@@ -541,13 +510,6 @@ def meta_path_for(npz_path):
     return (npz_path[: -len(".npz")] if npz_path.endswith(".npz") else npz_path) + ".json"
 
 
-def network_evaluations(sampler, num_steps):
-    """NFE of one sample: one network call per step, plus the S-/F-PNDM warm-up calls."""
-    from ..sampler.solvers import nfe
-
-    return num_steps if sampler.kind in ("ddim", "ddpm") else nfe(sampler.kind, num_steps, ends_clean=True)
-
-
 def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
     """JSON beside the npz: every setting, steps, NFE, the checkpoint's SHA-256, device and torch
     (``extra``: more entries, e.g. the classifier's SHA-256)."""
@@ -561,7 +523,7 @@ def write_run_meta(path, job, diffusion, checkpoint_sha256, device, extra=None):
         "num_samples": job.run.num_samples,
         "sampler": sampler.describe(),
         "steps": diffusion.num_timesteps,
-        "nfe": network_evaluations(sampler, diffusion.num_timesteps),
+        "nfe": nfe(sampler.kind, diffusion.num_timesteps, ends_clean=True),  # the warm-up calls included
         "timesteps": [int(t) for t in reversed(diffusion.timestep_map)],
         "settings": job.flags(),
         "checkpoint_sha256": checkpoint_sha256,

@@ -230,12 +230,28 @@ class Corrections:
         """lambda_i at respaced step index i (S - 1 first, 0 last)."""
         return eps_scale_factor(step_index, self.eps_scale, self.eps_scale_k)
 
-    def scale_eps(self, eps: torch.Tensor, step_index: int) -> torch.Tensor:
-        """ES at respaced step i; ``eps`` itself when ES is off. Call before x0_hat."""
+    def scaled_model(self, model, step_index: int, channels: int):
+        """The network as one step at respaced index i sees it: ES divides the eps channels (the
+        first ``channels`` of its (B, C or 2C, H, W) output) by lambda_i; ``model`` itself when ES is off."""
         if not self.es_active:
-            return eps
-        return apply_eps_scaling(eps, self.eps_factor(step_index))
+            return model
+        return _EpsScaledModel(model, self.eps_factor(step_index), channels)
 
     def correct(self, x_next: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t) -> torch.Tensor:
         """DCW after the update; ``x_next`` itself when DCW is off."""
         return dcw_correct(x_next, x0_hat, self.dcw_low, self.dcw_high, alpha_bar_t=alpha_bar_t)
+
+
+class _EpsScaledModel:
+    """``model`` with :func:`apply_eps_scaling` on the eps channels of its output (see
+    :meth:`Corrections.scaled_model`)."""
+
+    def __init__(self, model, lam, channels):
+        self.model, self.lam, self.channels = model, lam, channels
+
+    def __call__(self, x, t, **kwargs):
+        out = self.model(x, t, **kwargs)
+        if out.shape[1] == self.channels:
+            return apply_eps_scaling(out, self.lam)
+        eps, rest = out[:, : self.channels], out[:, self.channels :]
+        return torch.cat([apply_eps_scaling(eps, self.lam), rest], dim=1)

@@ -5,7 +5,8 @@ The loop walks explicit pairs of respaced indices (i, i - 1) from S - 1 down to 
 (original timestep ``cur = timestep_map[i]``, nominal next ``timestep_map[i - 1]``) it does, in
 this fixed order (``docs``: samplers_beyond_ts.md section 0):
 
-1. the network once at ``cur`` (epsilon scaling divides its eps by lambda_i, before x0_hat);
+1. the network once at ``cur`` (epsilon scaling divides its eps by lambda_i, before x0_hat:
+   ``Corrections.scaled_model``);
 2. the predictions x0_hat (clipped) and eps;
 3. the time shift, on eligible steps after the first: the rule picks each sample's target noise
    level (TS-DPM Algorithm 1; rules "adm", "pndm", "offset" read x_t, "adm-data" also x0_hat);
@@ -27,10 +28,8 @@ from typing import Optional
 import torch
 
 from .corrections import Corrections
-from .solvers import eps_from_x0, floor_alpha_at, get_solver, x0_from_eps
+from .solvers import SOLVER_NAMES, eps_from_x0, floor_alpha_at, get_solver, x0_from_eps
 from .time_shift import TimeShift, is_eligible, needs_prediction, shift_target, target_index
-
-SAMPLER_KINDS = ("ddim", "ddpm", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ class Sampler:
     corrections: Corrections = field(default_factory=Corrections)
 
     def __post_init__(self):
-        if self.kind not in SAMPLER_KINDS:
-            raise ValueError(f"sampler kind must be one of {SAMPLER_KINDS}, got {self.kind!r}")
+        if self.kind not in SOLVER_NAMES:
+            raise ValueError(f"sampler kind must be one of {SOLVER_NAMES}, got {self.kind!r}")
         if self.eta < 0 or (self.kind != "ddim" and self.eta != 0):
             raise ValueError(f"eta must be >= 0 and is for DDIM only, got {self.eta} with {self.kind}")
 
@@ -84,20 +83,6 @@ def _default_device(model, noise):
         for p in params():
             return p.device
     return torch.device("cpu")
-
-
-class _EpsScaled:
-    """The network with epsilon scaling: the eps channels of its output divided by ``lam``."""
-
-    def __init__(self, model, lam, channels):
-        self.model, self.lam, self.channels = model, lam, channels
-
-    def __call__(self, x, t, **kwargs):
-        out = self.model(x, t, **kwargs)
-        if out.shape[1] == self.channels:
-            return out / self.lam
-        eps, rest = out[:, : self.channels], out[:, self.channels :]
-        return torch.cat([eps / self.lam, rest], dim=1)
 
 
 def sample_loop_progressive(
@@ -164,7 +149,7 @@ def sample_loop_progressive(
         cur = timestep_map[i]
         nxt = timestep_map[i - 1] if i > 0 else -1
         t = torch.full((batch,), i, device=x.device, dtype=torch.long)
-        net = _EpsScaled(model, corr.eps_factor(i), channels) if corr.es_active else model
+        net = corr.scaled_model(model, i, channels)
         eligible = ts is not None and is_eligible(ts, cur, nxt, first_step=step == 0)
         shift = None
         if eligible and not post_rule:  # rules that read x_t only: chosen before the network call

@@ -69,7 +69,12 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 __all__ = [
+    "REGISTRY",
+    "SOLVER_NAMES",
     "SOLVERS",
+    "SolverSpec",
+    "solver_spec",
+    "ddim_update",
     "DDIM",
     "DPMSolverPP2M",
     "IPNDM",
@@ -85,9 +90,6 @@ __all__ = [
     "floor_alpha_at",
     "pndm_time_pairs",
 ]
-
-SOLVERS = ("ddim", "dpm++2m", "ipndm", "s-pndm", "f-pndm")
-
 
 # ----------------------------------------------------------------------------- helpers
 def _ab(a, x):
@@ -122,18 +124,6 @@ def log_snr(a):
     return 0.5 * (torch.log(a) - torch.log1p(-a))
 
 
-def _ddim_from_x0(x, x0, a, a_next):
-    """The DDIM (eta 0) step from (x, a) to a' through the data prediction x0 (float64 a, a'):
-    x' = sqrt(a') x0 + sqrt(1 - a') eps with eps = (x / sqrt(a) - x0) / sqrt(1/a - 1), evaluated as
-    ``c_x * x + c_x0 * x0`` exactly as ``GaussianDiffusion.ddim_step`` (eta 0) does."""
-    sr = torch.sqrt(1.0 / a)
-    srm1 = torch.sqrt(1.0 / a - 1)
-    k = torch.sqrt(1 - a_next)
-    c_x0 = _per_sample(torch.sqrt(a_next) - k / srm1, x)
-    c_x = _per_sample(k * sr / srm1, x)
-    return torch.addcmul(x * c_x, x0, c_x0)
-
-
 def _clip_through_x0(x_next, x, x0, a, a_next, clip_denoised):
     """The clip_denoised rule of the DDIM step applied to a solver's step (B, C, H, W tensors).
 
@@ -146,7 +136,7 @@ def _clip_through_x0(x_next, x, x0, a, a_next, clip_denoised):
     if not clip_denoised:
         return x_next
     outside = x0.abs() > 1
-    return torch.where(outside, _ddim_from_x0(x, x0.clamp(-1, 1), a, a_next), x_next)
+    return torch.where(outside, ddim_update(x, x0.clamp(-1, 1), a, a_next), x_next)
 
 
 def _transfer(x, eps, a, a_next, clip_denoised=False):
@@ -217,13 +207,47 @@ class EpsHistory(NamedTuple):
     eps: Tuple[torch.Tensor, ...] = ()
 
 
+def ddim_update(x, x0, a_cur, a_next, *, eta=0.0, draw_noise=None):
+    """The DDIM move (Song et al. eq. 12): the one DDIM of the project (``GaussianDiffusion.ddim_step``
+    and :class:`DDIM` both call it).
+
+    :param x: (B, C, H, W) state at alpha_bar ``a_cur``; ``x0`` (B, C, H, W) its (clipped) x0 prediction.
+    :param a_cur, a_next: alpha_bar of x and of the state to produce: floats, 0-d or (B,) tensors
+        (float64 preferred); a per-sample ``a_next`` is the time shift's target.
+    :param eta: 0 deterministic; 1 gives DDPM's posterior variance.
+    :param draw_noise: callable returning a (B, C, H, W) standard normal z, or None for a
+        deterministic step (the loop passes None on the last step); called once, only with eta > 0.
+
+    With eps = (x / sqrt(a) - x0) / sqrt(1/a - 1) re-derived from x0,
+    x' = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z and
+    sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a'), evaluated as
+    ``c_x * x + c_x0 * x0`` with per-sample coefficients computed in float64. When the target is
+    noisier than x (a' < a, possible with a time shift) ``1 - a / a'`` is clamped at 0, so sigma = 0
+    and the step deterministically re-noises x0 to level a'.
+    """
+    a = _ab(a_cur, x)
+    a_next = _ab(a_next, x)
+    stochastic = eta > 0 and draw_noise is not None
+    if stochastic:
+        sigma = eta * torch.sqrt((1 - a_next) / (1 - a)) * torch.sqrt((1 - a / a_next).clamp(min=0))
+        k = torch.sqrt((1 - a_next - sigma**2).clamp(min=0))
+    else:
+        k = torch.sqrt(1 - a_next)
+    # x' = sqrt(a') x0 + k * eps, eps = (x * sr - x0) / srm1
+    sr = torch.sqrt(1.0 / a)
+    srm1 = torch.sqrt(1.0 / a - 1)
+    c_x0 = _per_sample(torch.sqrt(a_next) - k / srm1, x)
+    c_x = _per_sample(k * sr / srm1, x)
+    sample = torch.addcmul(x * c_x, x0, c_x0)
+    if stochastic:
+        sample.addcmul_(_per_sample(sigma, x), draw_noise())
+    return sample
+
+
 @dataclass(frozen=True)
 class DDIM:
-    """DDIM with eta = 0 (Song et al. eq. 12), the order-1 reference of every solver here.
-
-    x' = sqrt(a') x0 + sqrt(1 - a') eps with eps re-derived from x0, evaluated as
-    ``c_x * x + c_x0 * x0`` exactly as ``GaussianDiffusion.ddim_step`` (eta 0) does, so the two
-    agree to float rounding. Uses x and x0 only (eps is ignored). State: None.
+    """DDIM with eta = 0 in the solver interface: :func:`ddim_update`, the order-1 reference of
+    every solver here. Uses x and x0 only (eps is ignored). State: None.
     Time shift: a_next is this step's target only; nothing is carried.
     """
 
@@ -236,7 +260,7 @@ class DDIM:
         return 0
 
     def step(self, state, x, eps, x0, a_cur, a_next, **unused):
-        return _ddim_from_x0(x, x0, _ab(a_cur, x), _ab(a_next, x)), None
+        return ddim_update(x, x0, a_cur, a_next), None
 
 
 @dataclass(frozen=True)
@@ -494,21 +518,53 @@ def _times(t, x):
 
 
 # ----------------------------------------------------------------------------- registry, NFE
-_BY_NAME = {
-    "ddim": DDIM,
-    "dpm++2m": DPMSolverPP2M,
-    "ipndm": IPNDM,
-    "s-pndm": SPNDM,
-    "f-pndm": FPNDM,
-}
+@dataclass(frozen=True)
+class SolverSpec:
+    """One ``--solver`` name: what it is and how many network calls it makes.
+
+    :param name: the ``--solver`` value.
+    :param summary: a few words for ``--help``.
+    :param solver: the solver-interface class, or None for ``ddpm`` (the stochastic
+        ``GaussianDiffusion.ddpm_step``; its DDIM is ``GaussianDiffusion.ddim_step``).
+    :param warmup_steps, warmup_extra: steps with extra network calls at the start, and the extra
+        calls each makes (S-/F-PNDM's classical warm-up; 0 for the others).
+    """
+
+    name: str
+    summary: str
+    solver: Optional[type] = None
+    warmup_steps: int = 0
+    warmup_extra: int = 0
+
+
+# Every ``--solver`` value, in the order the flags, the loop and the tables list them.
+REGISTRY = (
+    SolverSpec("ddim", "DDIM", DDIM),
+    SolverSpec("ddpm", "ancestral DDPM"),
+    SolverSpec("dpm++2m", "DPM-Solver++(2M)", DPMSolverPP2M),
+    SolverSpec("ipndm", "iPNDM", IPNDM),
+    SolverSpec("s-pndm", "S-PNDM", SPNDM, SPNDM.warmup_steps, SPNDM.warmup_extra),
+    SolverSpec("f-pndm", "F-PNDM", FPNDM, FPNDM.warmup_steps, FPNDM.warmup_extra),
+)
+_SPECS = {spec.name: spec for spec in REGISTRY}
+SOLVER_NAMES = tuple(spec.name for spec in REGISTRY)
+# The deterministic ones, with a solver-interface object (:func:`get_solver`).
+SOLVERS = tuple(spec.name for spec in REGISTRY if spec.solver is not None)
+
+
+def solver_spec(name):
+    """The :class:`SolverSpec` of a ``--solver`` name (ValueError naming the choices otherwise)."""
+    if name not in _SPECS:
+        raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {name!r}")
+    return _SPECS[name]
 
 
 def get_solver(name):
     """The solver object for a ``--solver`` name (``ddpm`` is the ancestral ``ddpm_step``)."""
-    if name not in _BY_NAME:
+    if name not in _SPECS or _SPECS[name].solver is None:
         hint = " (the stochastic 'ddpm' sampler is GaussianDiffusion.ddpm_step)" if name == "ddpm" else ""
         raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}{hint}")
-    return _BY_NAME[name]()
+    return _SPECS[name].solver()
 
 
 def nfe(solver, steps, *, ends_clean=False):
@@ -524,13 +580,10 @@ def nfe(solver, steps, *, ends_clean=False):
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if name in ("ddim", "ddpm", "dpm++2m", "ipndm"):
-        return steps
-    if name not in ("s-pndm", "f-pndm"):
+    if name not in _SPECS:
         raise ValueError(f"unknown solver {name!r}")
-    s = get_solver(name)
-    warm = min(steps, s.warmup_steps)
-    extra = warm * s.warmup_extra
-    if ends_clean and steps <= s.warmup_steps and steps > 0:
+    s = _SPECS[name]
+    extra = min(steps, s.warmup_steps) * s.warmup_extra
+    if ends_clean and 0 < steps <= s.warmup_steps:
         extra -= s.warmup_extra
     return steps + extra

@@ -9,6 +9,7 @@ guard against accidental architecture changes; they were not compared with the r
 
 import json
 import os
+import runpy
 
 import torch
 
@@ -18,10 +19,9 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def manifests():
-    import sys
-
-    sys.path.insert(0, HERE)  # noqa: test tool (tests/ holds official_configs.py)
-    from official_configs import OFFICIAL_CLASSIFIER_CONFIGS, OFFICIAL_UPSAMPLER_CONFIGS
+    configs = runpy.run_path(os.path.join(HERE, "official_configs.py"))  # tests/ is not a package
+    OFFICIAL_CLASSIFIER_CONFIGS, OFFICIAL_UPSAMPLER_CONFIGS = (configs["OFFICIAL_CLASSIFIER_CONFIGS"],
+                                                               configs["OFFICIAL_UPSAMPLER_CONFIGS"])
 
     out = {}
     with torch.device("meta"):

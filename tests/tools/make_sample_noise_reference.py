@@ -8,15 +8,10 @@ Each case is (seed, sample indices, stream, shape) and the exact float32 normals
 """
 
 import argparse
-import os
-import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise  # noqa: E402
+from guided_diffusion.sampler.generate import LABEL_STREAM, SampleNoise
 
 # (seed, indices, stream, shape): odd and even sizes, size 1, the CIFAR shape, large/wrapping
 # indices and seeds, the x_T stream (0), loop streams and the label stream.

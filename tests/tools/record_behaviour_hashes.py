@@ -1,15 +1,16 @@
 """Record the npz bytes (SHA-256) that fixed sampling commands write, for tests/test_behaviour_hashes.py.
 
-Run once before a refactor of the sampling path (the hashes in tests/data/behaviour_hashes.json were made
-with the code of commit 18d0a45, before the architecture refactor of issue 9):
+The bytes depend on the code, on torch's major.minor version and on the CPU kernel set torch picks
+(``torch.backends.cpu.get_cpu_capability()``: float32 convolutions round differently with AVX2 and
+AVX-512), so the hashes are kept per key "TORCH_MAJOR.MINOR/CAPABILITY" (sampling on the CPU).
+Run once before a refactor of the sampling path, on the code the refactor must not change:
 
     python tests/tools/record_behaviour_hashes.py --out tests/data/behaviour_hashes.json
 
-Float32 convolutions round differently on other CPUs (another kernel set: AVX2 vs AVX-512), so the
-same code can write other bytes there. On such a machine, with code that still writes the recorded
-bytes where they were recorded, add its hashes as accepted alternatives (the test takes any of them):
+On a machine whose key is not recorded yet, with code that still writes the recorded bytes where
+they were recorded, add its hashes under its own key (the recorded keys are kept as they are):
 
-    python tests/tools/record_behaviour_hashes.py --out tests/data/behaviour_hashes.json --add_alternatives
+    python tests/tools/record_behaviour_hashes.py --out tests/data/behaviour_hashes.json --add_machine
 """
 
 import argparse
@@ -17,16 +18,18 @@ import hashlib
 import json
 import os
 import platform
+import runpy
 import subprocess
 import sys
 import tempfile
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from behaviour_cases import CASES, demo_checkpoint_sha256, make_paper_checkpoint  # noqa: E402
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
+CASES_MODULE = runpy.run_path(os.path.join(TESTS, "behaviour_cases.py"))  # tests/ is not a package
+CASES, demo_checkpoint_sha256, make_paper_checkpoint, machine_key = (
+    CASES_MODULE[k] for k in ("CASES", "demo_checkpoint_sha256", "make_paper_checkpoint", "machine_key"))
 
 
 def sha256(path):
@@ -35,41 +38,39 @@ def sha256(path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", required=True)
-    p.add_argument("--add_alternatives", action="store_true",
-                   help="keep the recorded hashes in --out and add this machine's as alternatives")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="the hashes file (tests/data/behaviour_hashes.json)")
+    p.add_argument("--add_machine", action="store_true",
+                   help="keep the hashes in --out and add this machine's key (refused if it is recorded)")
     args = p.parse_args()
-    result = {"torch": torch.__version__, "demo_checkpoint_sha256": demo_checkpoint_sha256(), "cases": {}}
-    if args.add_alternatives:
+    key = machine_key()
+    if args.add_machine:
         with open(args.out) as f:
-            recorded = json.load(f)
-        if recorded["torch"] != result["torch"] or recorded["demo_checkpoint_sha256"] != result["demo_checkpoint_sha256"]:
-            sys.exit("--add_alternatives: torch or the demo checkpoint differ from the recorded ones")
+            result = json.load(f)
+        if result["demo_checkpoint_sha256"] != demo_checkpoint_sha256():
+            sys.exit("--add_machine: the bundled demo checkpoint differs from the recorded one")
+        if key in result["sha256"]:
+            sys.exit(f"--add_machine: {key} is recorded already; those are the bytes the code must reproduce")
+    else:
+        result = {"demo_checkpoint_sha256": demo_checkpoint_sha256(), "files": {}, "sha256": {}, "recorded_with": {}}
+    hashes = {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_paper_checkpoint(os.path.join(tmp, "paper.pt"))
         for name, case in CASES.items():
             out_dir = os.path.join(tmp, name)
-            argv = case.argv(ckpt, out_dir)
-            env = dict(os.environ, OMP_NUM_THREADS="1")
-            res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "image_sample_1gpu.py"), *argv],
-                                 capture_output=True, text=True, env=env)
+            env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+            res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "image_sample_1gpu.py"),
+                                  *case.argv(ckpt, out_dir)], capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 sys.exit(f"{name}: {res.stderr}")
-            digest = sha256(os.path.join(out_dir, case.filename))
-            if args.add_alternatives:
-                entry = recorded["cases"][name]
-                if digest != entry["sha256"] and digest not in entry.get("sha256_alternatives", []):
-                    entry.setdefault("sha256_alternatives", []).append(digest)
-                    entry.setdefault("alternatives_from", []).append(
-                        f"{platform.processor() or platform.machine()}, torch cpu capability "
-                        f"{torch.backends.cpu.get_cpu_capability()}")
-                result["cases"][name] = entry
-            else:
-                result["cases"][name] = {"file": case.filename, "sha256": digest}
-            print(name, result["cases"][name])
+            hashes[name] = sha256(os.path.join(out_dir, case.filename))
+            result["files"][name] = case.filename
+            print(key, name, hashes[name])
+    result["sha256"][key] = hashes
+    result["recorded_with"][key] = f"torch {torch.__version__}, {platform.machine()}"
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+        f.write("\n")
 
 
 if __name__ == "__main__":
