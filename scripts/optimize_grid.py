@@ -1,13 +1,13 @@
 """Fit K-step time grids to a model's own sampling trajectories (GITS, Chen et al. 2024), one file per K.
 
-    python scripts/optimize_grid.py --steps 5,10,20 --out_dir grids
+    python scripts/optimize_grid.py --grid_steps 5,10,20 --out_dir grids
 
 (no --model_path and no model flags: the bundled demo model) runs --num_trajectories teacher
 trajectories with --teacher_solver on --fine_grid, builds the cost of one --grid_solver step between
 every pair of fine-grid times against the teacher, and writes OUT_DIR/grid_<solver>_<K>.json for each K:
 sample with --timestep_respacing file:OUT_DIR/grid_ddim_10.json (the checkpoint must be the same one).
 The teacher is cached under OUT_DIR/teacher-<checkpoint hash>-<settings hash>/: a rerun with other
---steps reuses it. SIGTERM / SIGINT stop after the batch in flight and print the resume command.
+--grid_steps reuses it. SIGTERM / SIGINT stop after the batch in flight and print the resume command.
 See docs/grids.md.
 """
 
@@ -30,8 +30,9 @@ def parser():
     p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings(p, *SAMPLING_GROUPS, skip=NOT_USED)
-    add_argument(p, "batch_size", 64, declared(*SAMPLING_GROUPS)["batch_size"],
-                 help="teacher trajectories per forward pass (one cache part each)")
+    batch = declared(*SAMPLING_GROUPS)["batch_size"]
+    add_argument(p, "batch_size", 64, batch,
+                 help=batch.metadata["help"] + "; here: teacher trajectories per forward pass (one cache part each)")
     return add_settings(p, GridOptConfig)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from guided_diffusion.jobs.bench import parse_sampler
 from guided_diffusion.script_util import create_model_and_diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +18,6 @@ FLAGS = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "
 
 
 def _require_weights():
-    sys.path.insert(0, ROOT)
     from evaluations import inception
 
     if inception.default_weights_path() is None:
@@ -85,12 +85,7 @@ def test_fid_table_solvers_corrections_kid_nfe(tmp_path):
 
 
 def test_sampler_names():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import fid_table
-    finally:
-        sys.path.pop(0)
-    p = fid_table.parse_sampler
+    p = parse_sampler
     assert p("ts-ddim-pndm") == dict(solver="ddim", ts=True, rule="pndm", quad=False)
     assert p("ts-s-pndm") == dict(solver="s-pndm", ts=True, rule="adm", quad=False)
     assert p("ts-s-pndm-pndm")["rule"] == "pndm" and p("ts-ddpm-adm-data")["rule"] == "adm-data"

@@ -309,7 +309,7 @@ def test_optimized_grid_beats_uniform_for_ddim_on_gaussian_data(k):
 
 
 def _optimizer_args(argv, out_dir, *extra):
-    return [*argv, "--fine_grid", "trailing12", "--steps", "3,5", "--num_trajectories", "4", "--batch_size", "2",
+    return [*argv, "--fine_grid", "trailing12", "--grid_steps", "3,5", "--num_trajectories", "4", "--batch_size", "2",
             "--out_dir", str(out_dir), "--progress", "False", *extra]
 
 
@@ -359,7 +359,7 @@ def test_optimizer_end_to_end_caches_and_resumes(tmp_path, tiny_checkpoint, monk
         again = json.load(open(tmp_path / "b" / f"grid_ddim_{k}.json"))
         assert again["timesteps"] == docs[k]["timesteps"] and again["cost"] == pytest.approx(docs[k]["cost"], rel=1e-6)
     capsys.readouterr()
-    script.main(_optimizer_args(argv, tmp_path / "b", "--steps", "4"))
+    script.main(_optimizer_args(argv, tmp_path / "b", "--grid_steps", "4"))
     out = capsys.readouterr().out
     assert "trajectories to run" not in out and os.path.isfile(tmp_path / "b" / "grid_ddim_4.json")
 
@@ -372,6 +372,6 @@ def test_optimizer_refuses_bad_settings(tmp_path, tiny_checkpoint):
     spec.loader.exec_module(script)
     _, _, argv = tiny_checkpoint
     with pytest.raises(ValueError, match="exceeds the 12 timesteps"):
-        script.main(_optimizer_args(argv, tmp_path, "--steps", "20"))
+        script.main(_optimizer_args(argv, tmp_path, "--grid_steps", "20"))
     with pytest.raises(ValueError, match="starts at t = 400"):
-        script.main(_optimizer_args(argv, tmp_path, "--fine_grid", "t:400,200,100,0", "--steps", "2"))
+        script.main(_optimizer_args(argv, tmp_path, "--fine_grid", "t:400,200,100,0", "--grid_steps", "2"))

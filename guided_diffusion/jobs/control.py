@@ -364,6 +364,10 @@ class StopSignals:
     The first signal prints one line and is remembered (:meth:`counts`); a second one restores
     the previous handlers and stops at once (KeyboardInterrupt for SIGINT, SystemExit(128 + n)
     otherwise). Handlers are installed only in the main thread (elsewhere this does nothing).
+
+    Nested: when the handler this one replaced belongs to an outer :class:`StopSignals` (e.g. a tuner
+    around its sampling runs), a signal received here is passed on to the outer one on exit, so a
+    run that finishes anyway (its last batch was in flight) does not swallow the request to stop.
     """
 
     def __init__(self, signals=STOP_SIGNALS, what="stopping at the next batch boundary"):
@@ -389,6 +393,9 @@ class StopSignals:
         for s, handler in self._previous.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(s, handler)
+            outer = getattr(handler, "__self__", None)
+            if isinstance(outer, StopSignals) and s in self.received and s not in outer.received:
+                outer.received.append(s)
         self._previous = {}
 
     def _handle(self, signum, frame):

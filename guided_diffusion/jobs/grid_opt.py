@@ -111,7 +111,7 @@ def step_costs(states, preds, alphas, solver_name):
 
 
 def optimize_grids(job, cfg, device="cpu", progress=True):
-    """Fit one grid file per K of ``cfg.steps`` (see the module docstring); returns the written paths.
+    """Fit one grid file per K of ``cfg.grid_steps`` (see the module docstring); returns the written paths.
 
     :param job: a :class:`~guided_diffusion.jobs.sample.SamplingJob` (model, diffusion, seed,
         clip_denoised, batch_size, out_dir, model_path, overwrite).
@@ -120,13 +120,13 @@ def optimize_grids(job, cfg, device="cpu", progress=True):
     run = job.run
     if not run.model_path or not os.path.isfile(run.model_path):
         raise ValueError(f"--model_path {run.model_path or '(empty)'}: no such file")
-    ks = [int(k) for k in cfg.steps.split(",")]
+    ks = [int(k) for k in cfg.grid_steps.split(",")]
     fine_job = job.with_flags(timestep_respacing=cfg.fine_grid)
     diffusion = diffusion_from_config(fine_job.diffusion)
     fine = [int(t) for t in reversed(diffusion.timestep_map)]
     m = len(fine)
     if max(ks) > m:
-        raise ValueError(f"--steps {max(ks)} exceeds the {m} timesteps of --fine_grid {cfg.fine_grid}: use a finer grid")
+        raise ValueError(f"--grid_steps {max(ks)} exceeds the {m} timesteps of --fine_grid {cfg.fine_grid}: use a finer grid")
     if fine[0] < diffusion.original_num_steps // 2:
         raise ValueError(f"--fine_grid {cfg.fine_grid} starts at t = {fine[0]}: the teacher must start from noise "
                          f"near T - 1 = {diffusion.original_num_steps - 1}")

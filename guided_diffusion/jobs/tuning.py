@@ -1,21 +1,26 @@
-"""Tune the time shift and the corrections for one checkpoint, sampler and step count.
+"""Tune the time grid, the solver, the time shift and the corrections for one checkpoint and step count.
 
-:func:`tune` searches the time-shift settings (window x cutoff x rule), epsilon scaling (``eps_scale``)
-and the DCW low-band weight (``dcw_low``) by successive halving on KID, with the plain sampler
-(no shift, no corrections) evaluated on the same seeds at every rung as the baseline.
+:func:`tune` searches grids x solvers x (the time-shift settings (window x cutoff x rule), epsilon
+scaling (``eps_scale``), the DCW low-band weight (``dcw_low``)) by successive halving on KID, with
+the plain sampler (the base job's grid and solver, no shift, no corrections) evaluated on the same
+seeds at every rung as the baseline. A point of the search is a :class:`~.cells.Cell` of the
+experiment layer, and every score goes through its :class:`~.cells.ScoreCache`.
 ``scripts/tune_sampler.py`` is the command; this module is the library.
 
-The search, exactly (``rungs`` = sample budgets N_1 < ... < N_R, ``keep`` a fraction):
+The search, exactly (``rungs`` = sample budgets N_1 < ... < N_R, ``keep`` a fraction; "bases" = every
+grid x solver of the space, the base job's own when none are given):
 
-1. three families of candidates: ``ts`` (every window > 0 x cutoff x rule; window 0 is the plain
-   sampler), ``es`` (every eps_scale != 1, alone) and ``dcw`` (every dcw_low != 0, alone);
+1. four families of candidates: ``ts`` (every base x window > 0 x cutoff x rule; window 0 is the
+   plain sampler), ``es`` (every base x eps_scale != 1), ``dcw`` (every base x dcw_low != 0) and
+   ``base`` (the plain sampler on every base other than the base job's own);
 2. at rung r every live candidate and the plain sampler are sampled (samples 0..N_r-1 of the same
    seed: image k depends only on (seed, k), so a larger budget only adds samples, drawn through
    ``run_sampling``'s kept parts) and evaluated (KID mean, FID as tie-breaker);
 3. before the next rung each family keeps its best ``max(1, ceil(keep * n))`` of its n candidates
    (:func:`survivors`);
 4. at the last rung, the best of each family that beats plain on KID are combined (every
-   combination of two or more of them, at most 4) and evaluated at N_R;
+   combination of two or more of them, at most 11; the grid and solver of the first in the order
+   ts, es, dcw, base that has one) and evaluated at N_R;
 5. the chosen setting is the best by KID (then FID) of everything evaluated at N_R, plain included.
 
 Every evaluation is cached under ``cache_dir/<checkpoint SHA-256>/evals/<key hash>.json`` (one file
@@ -25,160 +30,66 @@ the sample count and the evaluation settings; so a rerun evaluates nothing and a
 resumes (finished evaluations are kept; a sampling run stopped part-way keeps its finished batches).
 """
 
-import contextlib
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
 import os
 import shutil
-import sys
+import signal
 import time
 from dataclasses import dataclass
 
-from ..io_util import sha256_file, write_text_atomic
-from ..settings import TimeShiftConfig, format_number
+from ..errors import Preempted
+from ..settings import EvalConfig
+from . import control
+from .cells import FAMILIES as CELL_FAMILIES
+from .cells import Cell, ScoreCache, _log, cache_key, grid_for, job_steps, key_hash  # noqa: F401 (re-exported)
 
-CACHE_VERSION = 1
-FAMILIES = ("ts", "es", "dcw")
+FAMILIES = CELL_FAMILIES + ("base",)  # "base": the plain sampler on another grid or solver
 # Sampling flags the tuner sets itself (searched, or fixed for the search): not accepted from the user.
 SEARCHED_FLAGS = ("do_time_shift", "window", "cutoff", "ts_rule", "eps_scale", "dcw_low")
-FIXED_FLAGS = ("eps_scale_k", "dcw_high", "num_samples", "out_dir", "keep_parts", "overwrite", "grid",
-               "compare_grid", "save_trace")
-_TS_DEFAULTS = TimeShiftConfig()
+FIXED_FLAGS = ("eps_scale_k", "dcw_high", "keep_parts", "overwrite", "grid", "compare_grid", "save_trace")
+
+Setting = Cell  # one point of the search is a cell of the experiment layer
+PLAIN = Cell()
 
 
-# ------------------------------------------------------------------ settings and the search space
-@dataclass(frozen=True)
-class Setting:
-    """One point of the search: window 0 means no time shift; eps_scale 1 and dcw_low 0 mean off."""
-
-    window: int = 0
-    cutoff: int = 0
-    rule: str = ""
-    eps_scale: float = 1.0
-    dcw_low: float = 0.0
-
-    def __post_init__(self):
-        if self.window == 0:  # no shift: cutoff and rule mean nothing, so they are not part of the setting
-            object.__setattr__(self, "cutoff", 0)
-            object.__setattr__(self, "rule", "")
-
-    @property
-    def has_ts(self):
-        return self.window > 0
-
-    @property
-    def has_es(self):
-        return self.eps_scale != 1.0
-
-    @property
-    def has_dcw(self):
-        return self.dcw_low != 0.0
-
-    @property
-    def family(self):
-        """"plain", "ts", "es", "dcw", or "combo" (two or more of them)."""
-        parts = [f for f, on in zip(FAMILIES, (self.has_ts, self.has_es, self.has_dcw)) if on]
-        return "plain" if not parts else parts[0] if len(parts) == 1 else "combo"
-
-    def flags(self):
-        """The sampling flags of this setting (a plain setting leaves the time-shift flags at their defaults)."""
-        out = dict(do_time_shift=self.has_ts, eps_scale=float(self.eps_scale), dcw_low=float(self.dcw_low))
-        if self.has_ts:
-            out.update(window=int(self.window), cutoff=int(self.cutoff), ts_rule=self.rule)
-        else:
-            out.update(window=_TS_DEFAULTS.window, cutoff=_TS_DEFAULTS.cutoff, ts_rule=_TS_DEFAULTS.ts_rule)
-        return out
-
-    def command_flags(self):
-        """The flags to add to a sampling command for this setting (only those not at their defaults)."""
-        out = []
-        if self.has_ts:
-            out += ["--do_time_shift", "True", "--window", str(self.window), "--cutoff", str(self.cutoff)]
-            if self.rule != _TS_DEFAULTS.ts_rule:
-                out += ["--ts_rule", self.rule]
-        if self.has_es:
-            out += ["--eps_scale", format_number(self.eps_scale)]
-        if self.has_dcw:
-            out += ["--dcw_low", format_number(self.dcw_low)]
-        return out
-
-    def label(self):
-        parts = []
-        if self.has_ts:
-            parts.append(f"TS w{self.window} c{self.cutoff} {self.rule}")
-        if self.has_es:
-            parts.append(f"ES {format_number(self.eps_scale)}")
-        if self.has_dcw:
-            parts.append(f"DCW {format_number(self.dcw_low)}")
-        return " + ".join(parts) or "plain"
-
-    def slug(self):
-        """A file-name-safe short name."""
-        parts = []
-        if self.has_ts:
-            parts.append(f"w{self.window}_c{self.cutoff}_{self.rule}")
-        if self.has_es:
-            parts.append(f"es{format_number(self.eps_scale)}")
-        if self.has_dcw:
-            parts.append(f"dcw{format_number(self.dcw_low)}")
-        return "_".join(parts) or "plain"
-
-    def as_dict(self):
-        return dataclasses.asdict(self)
-
-    def combined(self, other):
-        """This setting with ``other``'s non-default parts added."""
-        return Setting(
-            window=other.window if other.has_ts else self.window,
-            cutoff=other.cutoff if other.has_ts else self.cutoff,
-            rule=other.rule if other.has_ts else self.rule,
-            eps_scale=other.eps_scale if other.has_es else self.eps_scale,
-            dcw_low=other.dcw_low if other.has_dcw else self.dcw_low,
-        )
-
-
-PLAIN = Setting()
-
-
+# ------------------------------------------------------------------ the search space
 @dataclass
 class SearchSpace:
+    """What the tuner tries. ``grids`` / ``solvers``: ``--timestep_respacing`` strings and solver names
+    (empty: the base job's only); every time-shift and correction candidate is tried on each of them."""
+
     windows: tuple = (0, 10, 20, 40, 80)
     cutoffs: tuple = (200, 300, 500)
     rules: tuple = ("adm", "adm-data", "offset")
     eps_scales: tuple = (1.0, 1.002, 1.005)
     dcw_lows: tuple = (0.0, -0.05, 0.05)
+    grids: tuple = ()
+    solvers: tuple = ()
+
+    def relative_to(self, base_job):
+        """The same space with the base job's own grid and solver written as "" (= unchanged)."""
+        grid, solver = base_job.diffusion.timestep_respacing, base_job.sampler.solver_name()
+        return dataclasses.replace(self, grids=tuple(dict.fromkeys("" if g == grid else g for g in self.grids)),
+                                   solvers=tuple(dict.fromkeys("" if v == solver else v for v in self.solvers)))
+
+    def bases(self):
+        """The (grid, solver) cells every candidate is tried on (Cell() = the base job's own)."""
+        return [Cell(grid=g, solver=v) for g in (self.grids or ("",)) for v in (self.solvers or ("",))]
 
     def families(self):
-        """{"ts": [...], "es": [...], "dcw": [...]}: the candidates of each family (plain excluded, no repeats)."""
-        ts = [Setting(window=int(w), cutoff=int(c), rule=r)
+        """{"ts", "es", "dcw", "base": [...]}: the candidates of each family (plain excluded, no repeats)."""
+        bases = self.bases()
+        ts = [b.combined(Cell(window=int(w), cutoff=int(c), rule=r)) for b in bases
               for w in self.windows if int(w) > 0 for c in self.cutoffs for r in self.rules]
-        es = [Setting(eps_scale=float(b)) for b in self.eps_scales if float(b) != 1.0]
-        dcw = [Setting(dcw_low=float(v)) for v in self.dcw_lows if float(v) != 0.0]
-        return {name: list(dict.fromkeys(members)) for name, members in zip(FAMILIES, (ts, es, dcw))}
+        es = [b.combined(Cell(eps_scale=float(v))) for b in bases for v in self.eps_scales if float(v) != 1.0]
+        dcw = [b.combined(Cell(dcw_low=float(v))) for b in bases for v in self.dcw_lows if float(v) != 0.0]
+        base = [b for b in bases if b != PLAIN]
+        return {name: list(dict.fromkeys(m)) for name, m in zip(FAMILIES, (ts, es, dcw, base))}
 
     def as_dict(self):
         return {k: list(v) for k, v in dataclasses.asdict(self).items()}
-
-
-@dataclass
-class EvalOptions:
-    """How a sample set is scored (part of the cache key)."""
-
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    kid_seed: int = 2020
-    fid_bootstrap: int = 200
-    bootstrap_seed: int = 0
-    fid_method: str = "eigh"
-    inception_path: str = None  # not part of the key (the weights are checked by name inside the loader)
-    device: str = None
-
-    def key(self):
-        return {k: getattr(self, k) for k in ("kid_subsets", "kid_subset_size", "kid_seed", "fid_bootstrap",
-                                               "bootstrap_seed", "fid_method")}
 
 
 # ------------------------------------------------------------------ pure pieces: ranking, halving, keys
@@ -221,24 +132,6 @@ def combinations_to_try(best_by_family, plain_result, results):
     return combos
 
 
-def cache_key(checkpoint_sha256, reference_sha256, pixel_settings, num_samples, eval_options):
-    """The dict that identifies one evaluation (everything its numbers depend on)."""
-    return {
-        "version": CACHE_VERSION,
-        "checkpoint_sha256": checkpoint_sha256,
-        "reference_sha256": reference_sha256,
-        "pixel_settings": dict(sorted(pixel_settings.items())),
-        "num_samples": int(num_samples),
-        "evaluation": eval_options.key() if isinstance(eval_options, EvalOptions) else dict(eval_options),
-    }
-
-
-def key_hash(key):
-    """SHA-256 of the key's canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(key, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def parse_keep(text):
     """ "1/3" or "0.33" -> a fraction in (0, 1]."""
     try:
@@ -264,13 +157,8 @@ def check_rungs(rungs):
 
 
 # ------------------------------------------------------------------ evaluations (cached)
-def _log(text):
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
 class Evaluator:
-    """Samples and scores settings of one base job, every result cached on disk.
+    """Samples and scores settings of one base job through the shared :class:`~.cells.ScoreCache`.
 
     ``base_job``: a :class:`~guided_diffusion.jobs.sample.SamplingJob` (model, solver, steps, seed);
     ``ref``: the reference npz (statistics with ``pool_3`` features, or images).
@@ -278,138 +166,106 @@ class Evaluator:
 
     def __init__(self, base_job, ref, cache_dir, eval_options=None, keep_samples=False, log=_log):
         self.base_job = base_job
-        self.ref = ref
-        self.eval_options = eval_options or EvalOptions()
         self.keep_samples = keep_samples
         self.log = log
-        if not base_job.run.model_path or not os.path.isfile(base_job.run.model_path):
-            raise ValueError(f"--model_path {base_job.run.model_path or '(empty)'}: no such file (no model flags at "
-                             "all select the bundled demo model)")
-        if not ref or not os.path.isfile(ref):
-            raise ValueError(f"--ref_batch {ref or '(empty)'}: no such file; give the statistics file of "
-                             "evaluations/evaluator.py --stats (with pool_3 features) or an image npz")
-        self.checkpoint_sha256 = sha256_file(base_job.run.model_path)
-        self.reference_sha256 = sha256_file(ref)
-        self.root = os.path.join(cache_dir, self.checkpoint_sha256)
-        self.evaluated = 0
-        self.from_cache = 0
-        self._net = None
-        self._ref_for_eval = None
+        self.cache = ScoreCache(cache_dir, base_job.run.model_path, ref, eval_options, log=log)
+        self.ref = ref
+        self.eval_options = self.cache.eval_config
+        self.checkpoint_sha256 = self.cache.checkpoint_sha256
+        self.reference_sha256 = self.cache.reference_sha256
+        self.root = self.cache.root
 
-    # -- paths and keys
+    evaluated = property(lambda self: self.cache.evaluated)
+    from_cache = property(lambda self: self.cache.from_cache)
+
     def job_for(self, setting, num_samples):
-        return self.base_job.with_flags(**setting.flags(), num_samples=int(num_samples),
-                                        out_dir=self.sample_dir(setting), keep_parts=True, overwrite=False,
-                                        grid="", compare_grid="", save_trace=False)
-
-    def _pixel_settings(self, setting):
-        return self.base_job.with_flags(**setting.flags(), save_trace=False).pixel_settings()
+        job = setting.job(self.base_job, num_samples=int(num_samples), save_trace=False)
+        return job.with_flags(out_dir=self.sample_dir(setting), keep_parts=True, overwrite=False, grid="",
+                              compare_grid="")
 
     def sample_dir(self, setting):
-        digest = key_hash({"checkpoint_sha256": self.checkpoint_sha256, "pixel_settings": self._pixel_settings(setting)})
-        return os.path.join(self.root, "samples", f"{setting.slug()}_{digest[:12]}")
+        return self.cache.sample_dir(setting.job(self.base_job), setting.slug())
 
     def key(self, setting, num_samples):
-        return cache_key(self.checkpoint_sha256, self.reference_sha256, self._pixel_settings(setting), num_samples,
-                         self.eval_options)
-
-    def entry_path(self, key):
-        return os.path.join(self.root, "evals", key_hash(key) + ".json")
+        return self.cache.key(self.job_for(setting, num_samples))
 
     def cached(self, setting, num_samples):
         """The cached result of (setting, num_samples), or None."""
-        key = self.key(setting, num_samples)
-        path = self.entry_path(key)
-        if not os.path.exists(path):
-            return None
-        try:
-            with open(path) as f:
-                entry = json.load(f)
-        except (OSError, ValueError) as e:
-            self.log(f"warning: cache entry {path} is unreadable ({e}); evaluating again")
-            return None
-        if entry.get("key") != key:
-            self.log(f"warning: cache entry {path} holds another key; evaluating again")
-            return None
-        return entry["result"]
+        return self.cache.get(self.job_for(setting, num_samples))
 
-    # -- the work
     def validate(self, setting):
-        self.job_for(setting, 2).validate()
+        job = self.job_for(setting, 2)
+        if setting.grid:
+            try:
+                job_steps(job)
+            except ValueError as e:
+                raise ValueError(f"--grids {setting.grid}: {e}") from None
+        job.validate()
 
-    def _reference(self):
-        """The reference as the evaluator's batch object, loaded once: mu, sigma and the pool_3 features only
-        (so no sFID is computed: it costs two 2048-d eigendecompositions per evaluation and is not used). An
-        image npz gets its statistics made once, cached under ``cache_dir/references/``."""
-        if self._ref_for_eval is None:
-            from evaluations.evaluator import NpzBatch, compute_statistics_file, open_batch
-
-            batch = open_batch(self.ref, "reference batch")
-            if not batch.has_pool_features:
-                path = os.path.join(os.path.dirname(self.root), "references", self.reference_sha256 + ".npz")
-                if not os.path.exists(path):
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    self.log(f"computing the reference statistics of {self.ref} once -> {path}")
-                    compute_statistics_file(batch, path, self.eval_options.inception_path, self._device(),
-                                            progress=False)
-                batch = open_batch(path, "reference statistics")
-            self._ref_for_eval = NpzBatch(batch.path, stats={k: batch.stats[k] for k in ("mu", "sigma")},
-                                          pool_features=batch.pool_features, stats_num_images=batch.count)
-        return self._ref_for_eval
-
-    def _device(self):
-        from evaluations.evaluator import default_device
-
-        return self.eval_options.device or default_device()
-
-    def _inception(self):
-        if self._net is None:
-            from evaluations.inception import load_inception
-
-            self._net = load_inception(self.eval_options.inception_path, self._device())
-        return self._net
-
-    def score(self, setting, num_samples):
-        """(result, was_cached): KID/FID of samples 0..num_samples-1 of ``setting``."""
-        result = self.cached(setting, num_samples)
-        if result is not None:
-            self.from_cache += 1
-            return result, True
-        from evaluations.evaluator import evaluate
-
-        from .sample import run_sampling
-
-        key = self.key(setting, num_samples)
+    def score(self, setting, num_samples, check_stop=None):
+        """(result, was_cached): KID/FID of samples 0..num_samples-1 of ``setting``. ``check_stop()`` runs
+        between sampling and evaluation (it raises to stop there: the samples are kept)."""
         job = self.job_for(setting, num_samples)
-        started = time.time()
-        with contextlib.redirect_stdout(sys.stderr):  # run_sampling's "wrote ..." lines are progress, not results
-            npz = run_sampling(job)
-        sampled = time.time() - started
-        o = self.eval_options
-        started = time.time()
-        r = evaluate(self._reference(), npz, device=self._device(), progress=False, fid_method=o.fid_method,
-                     net=self._inception(), kid_subsets=o.kid_subsets, kid_subset_size=o.kid_subset_size,
-                     kid_seed=o.kid_seed, fid_bootstrap=o.fid_bootstrap, bootstrap_seed=o.bootstrap_seed)
-        scored = time.time() - started
-        if r.get("kid_mean") is None:
-            raise ValueError(f"KID not computed for {npz}: {r['not_computed'].get('kid_mean')}")
-        result = dict(kid_mean=r["kid_mean"], kid_se=r["kid_se"], kid_std=r["kid_std"], fid=r["fid"],
-                      fid_sd=r.get("fid_bootstrap_sd"), num_samples=r["num_sample_images"], num_ref=r["num_ref"])
-        entry = dict(key=key, setting=setting.as_dict(), label=setting.label(), result=result,
-                     npz=os.path.abspath(npz), sample_seconds=round(sampled, 3), evaluate_seconds=round(scored, 3),
-                     created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        path = self.entry_path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_text_atomic(path, json.dumps(entry, indent=1, sort_keys=True) + "\n")
-        self.evaluated += 1
-        self.log(f"evaluated {setting.label()} at N={num_samples}: KID x10^3 {1e3 * result['kid_mean']:.3f}, "
-                 f"FID {result['fid']:.2f} (sampling {sampled:.1f} s, evaluation {scored:.1f} s)")
-        return result, False
+        npz = None
+        if self.cache.get(job) is None:
+            import contextlib
+            import sys
+
+            from .sample import run_sampling
+
+            with contextlib.redirect_stdout(sys.stderr):  # run_sampling's "wrote ..." lines are progress
+                npz = run_sampling(job)
+            if check_stop is not None:
+                check_stop()
+        result, cached = self.cache.score(job, label=setting.label(), npz=npz)
+        if result.get("kid_mean") is None:
+            raise ValueError(f"KID not computed for {setting.label()}: the reference has no pool_3 features")
+        return result, cached
 
     def discard_samples(self, setting):
         """Remove the samples (npz and kept parts) of a setting that will not be sampled again."""
         if not self.keep_samples:
             shutil.rmtree(self.sample_dir(setting), ignore_errors=True)
+
+
+class Progress:
+    """Overall progress of a search: evaluations done of those planned, and the time left, estimated
+    from the seconds per sample of the evaluations made so far (cached ones cost nothing)."""
+
+    def __init__(self, planned, log, extra=""):
+        self.extra = extra
+        self.planned = list(planned)  # [(rung, num_samples, count)]
+        self.total = sum(c for _, _, c in self.planned)
+        self.units_left = sum(n * c for _, n, c in self.planned)
+        self.done = 0
+        self.seconds = 0.0
+        self.units_made = 0
+        self.log = log
+
+    def step(self, rung, num_samples, seconds, cached):
+        self.done += 1
+        self.units_left -= num_samples
+        if not cached:
+            self.seconds += seconds
+            self.units_made += num_samples
+        left = ""
+        if self.units_made and self.units_left > 0:
+            left = f"; about {self.seconds / self.units_made * self.units_left / 60:.1f} min left"
+        if self.done > self.total:
+            self.log(f"progress: combination {self.done - self.total} at the last rung (N={num_samples})")
+        else:
+            self.log(f"progress: {self.done}/{self.total} evaluations (rung {rung} of {len(self.planned)}, "
+                     f"N={num_samples}){left}{self.extra if self.done < self.total else ''}")
+
+
+def planned_evaluations(families, rungs, keep):
+    """[(rung, num_samples, evaluations)] of a search: plain plus every live candidate at each rung."""
+    sizes = {name: len(members) for name, members in families.items()}
+    out = []
+    for r, n in enumerate(rungs, start=1):
+        out.append((r, n, 1 + sum(sizes.values())))
+        sizes = {name: keep_count(k, keep) for name, k in sizes.items()}
+    return out
 
 
 # ------------------------------------------------------------------ the search
@@ -427,17 +283,20 @@ class Row:
 
 
 def tune(base_job, ref, cache_dir, space=None, rungs=(250, 1000), keep=1 / 3, eval_options=None,
-         keep_samples=False, base_argv=(), log=_log):
+         keep_samples=False, base_argv=(), log=_log, command_run=None):
     """Search ``space`` for ``base_job``'s checkpoint, solver, steps and seed; returns the report dict.
 
-    ``base_argv``: the user's sampling flags, repeated in the printed command. See the module
-    docstring for the procedure and the cache.
+    ``base_argv``: the user's sampling flags, repeated in the printed command; ``command_run``: the
+    ``--num_samples`` / ``--out_dir`` of the printed command (a dict; omitted when None). SIGINT /
+    SIGTERM stop the search at the next safe point (after the evaluation in flight is cached, or at a
+    sampling batch boundary) with :class:`~guided_diffusion.errors.Preempted` and a resume hint. See
+    the module docstring for the procedure and the cache.
     """
-    space = space or SearchSpace()
+    space = (space or SearchSpace()).relative_to(base_job)
     rungs = check_rungs(rungs)
     if not (0 < keep <= 1):
         raise ValueError(f"keep must be in (0, 1], got {keep}")
-    eval_options = eval_options or EvalOptions()
+    eval_options = eval_options or EvalConfig()
     if eval_options.kid_subsets < 1:
         raise ValueError("the tuner ranks by KID: --kid_subsets must be >= 1")
     families = space.families()
@@ -446,38 +305,57 @@ def tune(base_job, ref, cache_dir, space=None, rungs=(250, 1000), keep=1 / 3, ev
     for s in [PLAIN] + [s for members in families.values() for s in members]:
         ev.validate(s)  # every candidate's settings are valid before anything runs
 
-    rows, alive = [], {name: list(members) for name, members in families.items()}
-    results = {}
-    for r, n in enumerate(rungs, start=1):
-        candidates = [PLAIN] + [s for name in FAMILIES for s in alive[name]]
-        results = {s: ev.score(s, n)[0] for s in candidates}
-        last = r == len(rungs)
-        status = {PLAIN: "baseline"}
-        if not last:
-            for name in FAMILIES:
-                kept = survivors([(s, results[s]) for s in alive[name]], keep)
-                for s in alive[name]:
-                    status[s] = "kept" if s in kept else "out"
-                    if s not in kept:
-                        ev.discard_samples(s)
-                alive[name] = kept
-        else:
-            for s in candidates[1:]:
-                status[s] = "final"
-        rows += [Row(r, n, s, results[s], status[s]) for s in candidates]
+    k = sum(1 for m in families.values() if m)
+    progress = Progress(planned_evaluations(families, rungs, keep), log,
+                        extra=f", plus up to {2 ** k - k - 1} combinations at the last rung" if k > 1 else "")
+    with control.StopSignals(what="stopping after the evaluation in flight (finished ones are cached)") as stops:
 
-    n_final = rungs[-1]
-    bests = [best([(s, results[s]) for s in alive[name]]) for name in FAMILIES]
-    combos = [c for c in combinations_to_try(bests, results[PLAIN], results) if c not in results]
-    for c in combos:
-        results[c] = ev.score(c, n_final)[0]
-        rows.append(Row(len(rungs), n_final, c, results[c], "combination"))
+        def check_stop():
+            signum = control.signal_from_counts(stops.counts())
+            if signum is not None:
+                raise Preempted(f"stopped by {signal.Signals(signum).name} after {progress.done} "
+                                f"evaluation(s); finished ones and sampled sets are kept in {ev.root}: run the same "
+                                f"command to resume: {control.resume_command()}", control.exit_code_for(signum))
+
+        def score(setting, n, rung):
+            started = time.time()
+            result, cached = ev.score(setting, n, check_stop=check_stop)
+            progress.step(rung, n, time.time() - started, cached)
+            check_stop()
+            return result
+
+        rows, alive = [], {name: list(members) for name, members in families.items()}
+        results = {}
+        for r, n in enumerate(rungs, start=1):
+            candidates = [PLAIN] + [s for name in FAMILIES for s in alive[name]]
+            results = {s: score(s, n, r) for s in candidates}
+            last = r == len(rungs)
+            status = {PLAIN: "baseline"}
+            if not last:
+                for name in FAMILIES:
+                    kept = survivors([(s, results[s]) for s in alive[name]], keep)
+                    for s in alive[name]:
+                        status[s] = "kept" if s in kept else "out"
+                        if s not in kept:
+                            ev.discard_samples(s)
+                    alive[name] = kept
+            else:
+                for s in candidates[1:]:
+                    status[s] = "final"
+            rows += [Row(r, n, s, results[s], status[s]) for s in candidates]
+
+        n_final = rungs[-1]
+        bests = [best([(s, results[s]) for s in alive[name]]) for name in FAMILIES]
+        combos = [c for c in dict.fromkeys(combinations_to_try(bests, results[PLAIN], results)) if c not in results]
+        for c in combos:
+            results[c] = score(c, n_final, len(rungs))
+            rows.append(Row(len(rungs), n_final, c, results[c], "combination"))
 
     final = [(s, results[s]) for s in results]  # everything at the final budget, plain first
     chosen = best(final)
     log(f"{ev.evaluated} evaluation(s) made, {ev.from_cache} read from the cache ({ev.root})")
     return build_report(base_job, ev, space, rungs, keep, rows, chosen, results[chosen], results[PLAIN],
-                        n_final, base_argv)
+                        n_final, base_argv, command_run)
 
 
 def check_evaluation_inputs(ref, eval_options):
@@ -519,15 +397,41 @@ def verdict(chosen, chosen_result, plain_result, n):
     return "not distinguishable", f"not distinguishable from plain at N={n} ({detail})"
 
 
-def sample_command(base_argv, setting, script="scripts/image_sample_1gpu.py"):
-    """The sampling command with the user's flags and the chosen setting's."""
+def _without(argv, names):
+    """``argv`` without the flags ``names`` (``--name value`` and ``--name=value``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif any(a == f"--{n}" for n in names):
+            skip = True
+        elif not any(a.startswith(f"--{n}=") for n in names):
+            out.append(a)
+    return out
+
+
+def sample_command(base_argv, setting, script="scripts/image_sample_1gpu.py", num_samples=None, out_dir=None):
+    """The sampling command with the user's flags and the chosen setting's (a flag the setting sets
+    replaces the user's), then ``--num_samples`` / ``--out_dir`` when given."""
     import shlex
 
-    return " ".join(shlex.quote(a) for a in ["python", script, *base_argv, *setting.command_flags()])
+    replaced = [a[2:] for a in setting.command_flags() if a.startswith("--")]
+    if setting.solver:
+        replaced.append("use_ddim")
+    run = []
+    if num_samples is not None:
+        run += ["--num_samples", str(int(num_samples))]
+    if out_dir is not None:
+        run += ["--out_dir", str(out_dir)]
+    argv = _without(list(base_argv), replaced + (["num_samples"] if num_samples is not None else [])
+                    + (["out_dir"] if out_dir is not None else []))
+    return " ".join(shlex.quote(a) for a in ["python", script, *argv, *setting.command_flags(), *run])
 
 
-def build_report(base_job, ev, space, rungs, keep, rows, chosen, chosen_result, plain_result, n, base_argv):
+def build_report(base_job, ev, space, rungs, keep, rows, chosen, chosen_result, plain_result, n, base_argv,
+                 command_run=None):
     code, sentence = verdict(chosen, chosen_result, plain_result, n)
+    command_run = command_run or {}
     return {
         "checkpoint": base_job.run.model_path,
         "checkpoint_sha256": ev.checkpoint_sha256,
@@ -546,7 +450,10 @@ def build_report(base_job, ev, space, rungs, keep, rows, chosen, chosen_result, 
         "plain": dict(label=PLAIN.label(), **plain_result),
         "verdict": code,
         "verdict_text": sentence,
-        "command": sample_command(base_argv, chosen),
+        "command": sample_command(base_argv, chosen, num_samples=command_run.get("num_samples"),
+                                  out_dir=command_run.get("out_dir")),
+        "command_num_samples": command_run.get("num_samples"),
+        "command_out_dir": command_run.get("out_dir"),
     }
 
 
@@ -588,5 +495,9 @@ def format_report(report):
     if report["verdict"] != "plain":
         lines.append("  note: the choice was made on these seeds, so its gain is optimistic; confirm it with another "
                      "--seed (or scripts/fid_table.py) at a larger N")
-    lines += ["", "command:", "  " + report["command"]]
+    where = ""
+    if report.get("command_num_samples") is not None:
+        where = (f" (writes {report['command_num_samples']} samples of the chosen setting to "
+                 f"{report.get('command_out_dir') or 'the current folder'}/)")
+    lines += ["", f"command{where}:", "  " + report["command"]]
     return "\n".join(lines)
