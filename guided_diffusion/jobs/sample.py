@@ -471,7 +471,7 @@ def run_sampling(job, device=None, on_part_written=None):
         num_samples=run.num_samples,
         image_shape=(job.model.image_size, job.model.image_size, 3),
         with_labels=with_labels,
-        grid_size=run.grid_size if run.grid else 0,
+        grid_size=max(run.grid_size if run.grid else 0, compare_grid_size(job)),
     )
     print(f"wrote {out_path}", flush=True)
     meta_path = meta_path_for(out_path)
@@ -487,10 +487,12 @@ def run_sampling(job, device=None, on_part_written=None):
     if run.grid and grid is not None:
         from .figures import save_grid_png
 
-        save_grid_png(run.grid, grid)
+        save_grid_png(run.grid, grid[: run.grid_size])
         print(f"wrote {run.grid}", flush=True)
     if run.compare_grid:
-        write_compare_grid(job, model, diffusion, device, conditioning=conditioning)
+        n = compare_grid_size(job)
+        write_compare_grid(job, model, diffusion, device, conditioning=conditioning,
+                           own=None if grid is None else grid[:n])
         print(f"wrote {run.compare_grid}", flush=True)
     return out_path
 
@@ -587,22 +589,41 @@ def write_trace(path, job, diffusion, timesteps):
     save_npz_atomic(path, **{k: v.numpy() for k, v in arrays.items()})
 
 
-def write_compare_grid(job, model, diffusion, device, conditioning=None):
-    """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds."""
+def compare_grid_size(job):
+    """Samples per panel of the ``--compare_grid`` PNG (0 without one)."""
+    return min(job.run.grid_size, job.run.num_samples) if job.run.compare_grid else 0
+
+
+def write_compare_grid(job, model, diffusion, device, conditioning=None, own=None):
+    """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds.
+
+    :param own: the run's own first samples, (n, H, W, 3) uint8, n = :func:`compare_grid_size`: they are
+        the panel of the job's own setting (right with ``do_time_shift``, else left), so only the other
+        panel is sampled. Image k depends only on (seed, k), so it equals a fresh draw. None: sample both.
+    """
     from .figures import save_comparison_png
 
-    n = min(job.run.grid_size, job.run.num_samples)
+    n = compare_grid_size(job)
     plain = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=False))
     shifted = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=True))
-    panels = []
-    for sampler in (plain, shifted):
-        batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device, sampler=sampler,
-                                      shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
-                                      seed=job.sampler.seed, num_classes=model.num_classes,
-                                      conditioning=conditioning))
-        panels.append(batch.images)
     name = plain.kind.upper()
     steps = job.diffusion.timestep_respacing or "all"
     ts = job.time_shift
     titles = (f"{name}, {steps} steps", f"TS-{name} (w={ts.window}, c={ts.cutoff}, {ts.ts_rule})")
+    panels = [None, None]
+    if own is not None and len(own) == n:
+        panels[1 if ts.do_time_shift else 0] = own
+    for k, sampler in enumerate((plain, shifted)):
+        if panels[k] is not None:
+            continue
+        if job.run.progress:
+            _say(f"comparison grid: sampling the {titles[k].split(' (')[0]} panel ({n} samples)")
+        started = time.time()
+        batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device, sampler=sampler,
+                                      shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
+                                      seed=job.sampler.seed, num_classes=model.num_classes,
+                                      conditioning=conditioning))
+        panels[k] = batch.images
+        if job.run.progress:
+            _say(f"comparison grid: {n} samples in {time.time() - started:.1f} s")
     save_comparison_png(job.run.compare_grid, panels[0], panels[1], titles)
