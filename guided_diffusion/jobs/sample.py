@@ -242,7 +242,7 @@ def build_model(job, device, checkpoint_bytes=None):
         model = create_sr_model(job.super_res.large_size, job.super_res.small_size, job.model)
     else:
         model = create_model(**dataclasses.asdict(job.model))
-    load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes)
+    load_checkpoint_into(model, job.run.model_path, data=checkpoint_bytes, flags=dataclasses.asdict(job.model))
     model.to(device)
     if job.model.use_fp16:
         model.convert_to_fp16()
@@ -257,6 +257,52 @@ def build_model(job, device, checkpoint_bytes=None):
 
 def build_model_and_diffusion(job, device, checkpoint_bytes=None):
     return build_model(job, device, checkpoint_bytes), diffusion_from_config(job.diffusion)
+
+
+def _read_flags_json(path):
+    import json
+
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"flags {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"flags {path}: not JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"flags {path}: expected a JSON object of model flags")
+    return dict(info.get("model_flags", info))
+
+
+def load_model(checkpoint=None, flags=None, device="cpu", timestep_respacing=""):
+    """One call from a checkpoint to ``(model, diffusion)``, ready to sample, on ``device``.
+
+    :param checkpoint: a ``.pt`` state_dict (loaded strictly, ``weights_only=True``); None: the bundled
+        demo model.
+    :param flags: the model and diffusion flags: None reads ``<checkpoint name>.json`` beside the
+        checkpoint (its "model_flags", as the demo model and the tuner write them); a path to such a
+        JSON file; or a dict ``{flag name: value}`` (missing flags take upstream's defaults).
+    :param timestep_respacing: the sampling grid, e.g. "ddim10" ("" = every timestep).
+    :return: the network in eval mode (``model(x, t)``: x (N, C, H, W), t (N,) original timesteps) and
+        the respaced diffusion (its ``timestep_map`` maps respaced indices to original timesteps).
+    """
+    from .. import demo
+
+    if checkpoint is None:
+        checkpoint = demo.DEMO_CHECKPOINT
+    checkpoint = str(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint}: no such file")
+    if flags is None:
+        sidecar = os.path.splitext(checkpoint)[0] + ".json"
+        if not os.path.isfile(sidecar):
+            raise ValueError(f"checkpoint {checkpoint}: no flags given and no {sidecar} beside it; pass "
+                             "flags={...} (the model flags it was trained with) or the path of a flags JSON")
+        flags = _read_flags_json(sidecar)
+    elif isinstance(flags, (str, os.PathLike)):
+        flags = _read_flags_json(flags)
+    job = SamplingJob.from_flags({**dict(flags), "model_path": checkpoint, "timestep_respacing": timestep_respacing})
+    return build_model_and_diffusion(job, torch.device(device))
 
 
 def build_classifier(job, device, checkpoint_bytes=None):
