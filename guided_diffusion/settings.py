@@ -155,7 +155,7 @@ class SamplerConfig:
     clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at every step")
     seed: int = setting(0, "seed: image k depends only on (seed, k), whatever the batch size or process count")
     solver: str = setting("", "reverse-process solver: ddim, ddpm (ancestral), dpm++2m (DPM-Solver++(2M)), ipndm, "
-                          "s-pndm, f-pndm; '' follows --use_ddim (see README: solvers, NFE)",
+                          "s-pndm, f-pndm; '' follows --use_ddim (see docs/solvers.md: solvers, NFE)",
                           choices=("",) + SOLVER_NAMES, suffix="_{}")
     eps_scale: float = setting(1.0, "epsilon scaling b: the network's eps is divided by lambda_i = eps_scale_k * i "
                                "+ eps_scale (i = respaced step, 0 last); 1 = off", parse=finite_float, suffix="_es{}")

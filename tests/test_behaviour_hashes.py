@@ -1,4 +1,4 @@
-"""Fixed sampling commands write the same npz bytes as before the architecture refactor (issue 9).
+"""Fixed sampling commands write the same npz bytes as before the architecture refactor.
 
 The hashes in tests/data/behaviour_hashes.json were recorded with tests/tools/record_behaviour_hashes.py
 on the code before the refactor. Demo-model cases are compared only while the bundled demo checkpoint

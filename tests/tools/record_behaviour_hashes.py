@@ -1,7 +1,7 @@
 """Record the npz bytes (SHA-256) that fixed sampling commands write, for tests/test_behaviour_hashes.py.
 
 Run once before a refactor of the sampling path (the hashes in tests/data/behaviour_hashes.json were made
-with the code of commit 18d0a45, before the architecture refactor of issue 9):
+with the code of commit 18d0a45, before the architecture refactor):
 
     python tests/tools/record_behaviour_hashes.py --out tests/data/behaviour_hashes.json
 
