@@ -610,8 +610,9 @@ def evaluate_samples(samples, ref, *, net=None, inception_path=None, device=None
 
 
 def _sizes(results, images_only=False):
-    if images_only:
-        ns, nr = results.get("num_sample_images"), results.get("num_ref_images")
+    if images_only:  # precision / recall: the images, or a statistics file's pool_3 features (as many as its N)
+        ns = results.get("num_sample_images") or results.get("num_samples")
+        nr = results.get("num_ref_images") or results.get("num_ref")
     else:
         ns, nr = results.get("num_samples"), results.get("num_ref")
     if ns is None and nr is None:

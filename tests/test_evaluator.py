@@ -347,6 +347,7 @@ def test_cli_stats_round_trip(batches, capsys, tmp_path, cheap_fid, cached_acts)
     fid, sfid, kid = _value(lines[1]), _value(lines[2]), _value(lines[5])
     assert "N = 4 samples vs 4 reference images" in lines[1]  # the count stored in the statistics file
     precision, recall = _value(lines[3]), _value(lines[4])  # from the stored pool_3 features
+    assert "N = 4 samples vs 4 reference images" in lines[3]
     if "fid" in batches:  # same numbers as from the images
         assert fid == pytest.approx(batches["fid"], abs=2e-4)
         assert sfid == pytest.approx(batches["sfid"], abs=2e-4)
