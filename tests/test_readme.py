@@ -28,8 +28,19 @@ PLACEHOLDERS = ("<", "ADM-IP.pt", "OUTPUT_DIR")
 
 
 def _blocks(lang):
-    text = open(README).read()
-    return [m.group(1) for m in re.finditer(r"```" + lang + r"\n(.*?)```", text, re.S)]
+    """The contents of the README's fenced blocks whose info string is ``lang`` ("" = a plain fence)."""
+    blocks, current, info = [], None, None
+    for line in open(README).read().splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, info = [], line[3:].strip()
+            else:
+                if info == lang:
+                    blocks.append("\n".join(current) + "\n")
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
 
 
 def _commands(block):
