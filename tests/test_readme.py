@@ -139,3 +139,12 @@ def test_demo_command_uses_the_demo_presets():
 def test_shrink_changes_only_sizes(flag, value):
     assert shrink(["python", "x.py", flag, value, "--window", "10"]) == [
         "python", "x.py", flag, SIZE_RULE[flag], "--window", "10"]
+
+
+def test_readme_states_the_demo_presets():
+    from guided_diffusion.demo import DEMO_TS_PRESETS
+
+    text = " ".join(open(README).read().split())
+    for steps, (window, cutoff) in DEMO_TS_PRESETS.items():
+        assert f"{window} at {steps} steps" in text, (steps, window)
+        assert f"cutoff {cutoff}" in text
