@@ -10,7 +10,8 @@ An input ``.npz`` holds ``arr_0``: uint8 images (N, H, W, C) with C in {1, 3} (g
 to RGB), any H and W, and/or precomputed statistics ``mu``, ``sigma`` (pool_3) and optionally
 ``mu_s``, ``sigma_s`` (spatial), ``pool_3`` (the N x 2048 features themselves, needed for KID) and
 ``num_images``. As in guided-diffusion, precomputed statistics are used for FID / sFID when present;
-images are still needed for precision / recall (both sides) and the Inception Score (sample side).
+precision / recall read images or a --stats file's ``pool_3`` on each side; the Inception Score needs
+sample images.
 See evaluations/README.md.
 
 In-process (e.g. from a table driver): :func:`evaluate_samples`.
@@ -452,13 +453,17 @@ def evaluate(ref, sample, inception_path=None, device=None, batch_size=DEFAULT_B
     need_net = ref.has_images or sample.has_images
     if net is None and need_net:
         net = _inception.load_inception(inception_path, device)
-    pr_possible = ref.has_images and sample.has_images and min(ref.num_images, sample.num_images) > PR_K
+    def pr_count(batch):  # images, or the pool_3 features a --stats file keeps (what precision/recall read)
+        return batch.num_images if batch.has_images else (len(batch.pool_features) if batch.has_pool_features else 0)
+
+    pr_possible = min(pr_count(ref), pr_count(sample)) > PR_K
     is_possible = sample.has_images and net.has_logits
     want_kid = kid_subsets > 0
 
     def acts_for(batch, want_logits, want_features, desc):
         # Images are run through the network only for what the file's statistics do not cover.
-        needed = (pr_possible or want_logits or not (batch.has_pool_stats and batch.has_spatial_stats)
+        needed = ((pr_possible and not batch.has_pool_features) or want_logits
+                  or not (batch.has_pool_stats and batch.has_spatial_stats)
                   or (want_features and not batch.has_pool_features))
         if not (batch.has_images and needed):
             return None
@@ -515,15 +520,16 @@ def evaluate(ref, sample, inception_path=None, device=None, batch_size=DEFAULT_B
         probs = _metrics.softmax(sample_acts["logits"])
         results["inception_score"] = _metrics.inception_score(probs, split_size=IS_SPLIT_SIZE)
 
-    if not (ref.has_images and sample.has_images):
-        lacking = ref if not ref.has_images else sample
-        why = f"{lacking.path} holds statistics only; precision/recall need images on both sides"
+    if not (pr_count(ref) and pr_count(sample)):
+        lacking = ref if not pr_count(ref) else sample
+        why = (f"{lacking.path} holds mu/sigma only; precision/recall need images or pool_3 features on both "
+               "sides (evaluator.py --stats writes them)")
         reasons["precision"] = reasons["recall"] = why
     elif not pr_possible:
         why = f"precision/recall need more than k={PR_K} images per set"
         reasons["precision"] = reasons["recall"] = why
     else:
-        p, r = _metrics.precision_recall(ref_acts["pool"], sample_acts["pool"], k=PR_K,
+        p, r = _metrics.precision_recall(features_of(ref, ref_acts), features_of(sample, sample_acts), k=PR_K,
                                          batch_size=pr_batch_size, device=device)
         results["precision"], results["recall"] = p, r
 
@@ -605,8 +611,9 @@ def evaluate_samples(samples, ref, *, net=None, inception_path=None, device=None
 
 
 def _sizes(results, images_only=False):
-    if images_only:
-        ns, nr = results.get("num_sample_images"), results.get("num_ref_images")
+    if images_only:  # precision / recall: the images, or a statistics file's pool_3 features (as many as its N)
+        ns = results.get("num_sample_images") or results.get("num_samples")
+        nr = results.get("num_ref_images") or results.get("num_ref")
     else:
         ns, nr = results.get("num_samples"), results.get("num_ref")
     if ns is None and nr is None:

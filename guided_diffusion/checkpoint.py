@@ -75,11 +75,13 @@ def _likely_flags(missing, unexpected, misshaped):
     return seen or ["the model flags"]
 
 
-def check_state_dict(model, state_dict, path):
+def check_state_dict(model, state_dict, path, flags=None):
     """Raise :class:`CheckpointError` unless ``state_dict`` fits ``model`` exactly (keys and shapes).
 
     The message names up to 3 missing, unexpected and mis-shaped keys each and the flags that
-    likely differ. (``use_new_attention_order`` cannot be detected: it is not in the keys.)
+    likely differ. (``use_new_attention_order`` cannot be detected: it is not in the keys.) With
+    ``flags`` (the model flags used) and a ``<name>.json`` of training flags beside the checkpoint, the
+    flags that differ from that file are named instead of the guess.
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -101,8 +103,43 @@ def check_state_dict(model, state_dict, path):
         parts.append(f"{len(misshaped)} mis-shaped (e.g. {shown})")
     raise CheckpointError(
         f"--model_path {path} does not fit the model flags: {'; '.join(parts)}. "
-        f"Likely differing flags: {', '.join(_likely_flags(missing, unexpected, misshaped))}{_flags_hint(path)}"
+        f"{_differing_flags(path, flags) or _guess(missing, unexpected, misshaped, path)}"
     )
+
+
+def _guess(missing, unexpected, misshaped, path):
+    return f"Likely differing flags: {', '.join(_likely_flags(missing, unexpected, misshaped))}{_flags_hint(path)}"
+
+
+def _sidecar_flags(path):
+    import json
+
+    try:
+        with open(os.path.splitext(str(path))[0] + ".json") as f:
+            flags = json.load(f)["model_flags"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return flags if isinstance(flags, dict) else None
+
+
+def _differing_flags(path, flags):
+    """'Flags that differ from NAME.json: --num_channels 64 (file: 32)' or '' (no file, no difference)."""
+    saved = _sidecar_flags(path) if flags else None
+    if not saved:
+        return ""
+
+    def norm(v):
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    diff = [f"--{k} {flags[k]} (file: {v})" for k, v in saved.items() if k in flags and norm(flags[k]) != norm(v)]
+    if not diff:
+        return ""
+    sidecar = os.path.splitext(str(path))[0] + ".json"
+    from .demo import DEMO_FLAGS
+
+    demo = os.path.realpath(sidecar) == os.path.realpath(DEMO_FLAGS)
+    tail = ". This is the bundled demo model: give no model flags and its own are used" if demo else ""
+    return f"Flags that differ from {sidecar}: {', '.join(diff)}{tail}"
 
 
 def _flags_hint(path):
@@ -124,9 +161,9 @@ def _flags_hint(path):
     return f". Its training flags are in {sidecar}: {text}"
 
 
-def load_checkpoint_into(model, path, data=None):
-    """Read ``path`` (or its bytes), check it against ``model`` and load it strictly."""
+def load_checkpoint_into(model, path, data=None, flags=None):
+    """Read ``path`` (or its bytes), check it against ``model`` (built from ``flags``) and load it strictly."""
     state_dict = read_checkpoint(path, data=data)
-    check_state_dict(model, state_dict, path)
+    check_state_dict(model, state_dict, path, flags)
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -360,7 +360,7 @@ def model_from_checkpoint(model_cfg, model_path, device, *, data=None, super_res
         model = create_sr_model(super_res.large_size, super_res.small_size, model_cfg)
     else:
         model = create_model(**dataclasses.asdict(model_cfg))
-    load_checkpoint_into(model, model_path, data=data)
+    load_checkpoint_into(model, model_path, data=data, flags=dataclasses.asdict(model_cfg))
     model.to(device)
     if model_cfg.use_fp16:
         model.convert_to_fp16()

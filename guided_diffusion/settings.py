@@ -267,7 +267,7 @@ class SamplerConfig(SeedConfig, ClipConfig):
     use_ddim: bool = setting(False, "DDIM (True) or ancestral DDPM (False) sampling; time shift works with both")
     eta: float = setting(0.0, "DDIM eta (0 = deterministic DDIM)", parse=finite_float)
     solver: str = setting("", "reverse-process solver: " + ", ".join(f"{s.name} ({s.summary})" for s in REGISTRY)
-                          + "; '' follows --use_ddim (see README: solvers, NFE)",
+                          + "; '' follows --use_ddim (see docs/solvers.md: solvers, NFE)",
                           choices=("",) + SOLVER_NAMES, suffix="_{}")
     eps_scale: float = setting(1.0, "epsilon scaling b: the network's eps is divided by lambda_i = eps_scale_k * i "
                                "+ eps_scale (i = respaced step, 0 last); 1 = off", parse=finite_float, suffix="_es{}")

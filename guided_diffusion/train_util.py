@@ -34,6 +34,7 @@ import contextlib
 import functools
 import os
 import re
+import sys
 import time
 
 import torch
@@ -269,10 +270,16 @@ class TrainLoop:
         """
         self.stopped_by = None
         t0 = time.time()
+        first = True
         while not self._done():
             batch, cond = self.data.batch(self.step)
+            started = time.time()
             self.run_step(batch, cond)
             self.step += 1
+            if first:  # one line at once, so a slow or memory-hungry run is visible before log_interval
+                logger.log(first_step_line(self.step, time.time() - started, self._steps_left(), self.microbatch,
+                                           self.batch_size))
+                first = False
             if self.step % self.log_interval == 0:
                 logger.logkv("sec_per_step", (time.time() - t0) / self.log_interval)
                 logger.dumpkvs(_gather_fn())
@@ -285,6 +292,10 @@ class TrainLoop:
                     break
         if self._last_saved != self.step:
             self.save()
+
+    def _steps_left(self):
+        ends = [n for n in (self.lr_anneal_steps, self.max_steps) if n]
+        return max(0, min(ends) - self.step) if ends else None
 
     def current_lr(self, step=None):
         step = self.step if step is None else step
@@ -433,6 +444,29 @@ def log_loss_dict(diffusion, ts, losses):
 
 
 # ------------------------------------------------------------------ the shared frame of the training scripts
+def peak_memory_mb():
+    """This process's peak resident memory in MB (CPU; ``ru_maxrss``), or None where unknown."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def first_step_line(step, seconds, steps_left, microbatch, batch_size):
+    """The line logged after the first training step: its time, the time left, the peak memory."""
+    text = f"step {step} took {seconds:.1f} s"
+    if steps_left is not None:
+        text += f"; {steps_left} step(s) left, about {seconds * steps_left / 60:.1f} min at this rate"
+    mb = peak_memory_mb()
+    if mb is not None:
+        text += f"; peak memory {mb:,.0f} MB"
+        if microbatch in (-1, 0) or microbatch >= batch_size:
+            text += " (--microbatch N < --batch_size lowers it)"
+    return text
+
+
 def begin_run(args):
     """Set up processes and the log of a training script; write ``out_dir/args.json`` (rank 0).
 

@@ -1,4 +1,4 @@
-"""Accuracy of a classifier on labelled images: how often guided samples show the class they were asked for.
+r"""Accuracy of a classifier on labelled images: how often guided samples show the class they were asked for.
 
     python scripts/classifier_accuracy.py --samples OUT/demo_fmnist32_ddim25step_cls2.npz \
         --classifier_path runs/clf_clean/model004000.pt --image_size 32 --image_channels 1 \

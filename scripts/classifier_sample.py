@@ -1,4 +1,4 @@
-"""Sample with classifier guidance (Dhariwal & Nichol 2021), with every sampler option of image_sample.py.
+r"""Sample with classifier guidance (Dhariwal & Nichol 2021), with every sampler option of image_sample.py.
 
 ImageNet 64x64, upstream's command (guided-diffusion README) plus the time shift:
 

@@ -1,4 +1,4 @@
-"""Train the noisy-image classifier for classifier guidance (upstream's flags, exact resume).
+r"""Train the noisy-image classifier for classifier guidance (upstream's flags, exact resume).
 
 ImageNet 64x64 (guided-diffusion README flags):
     mpiexec -n N python scripts/classifier_train.py --data_dir train/ --val_data_dir val/ \

@@ -1,4 +1,4 @@
-"""Bits/dim of images under a diffusion model's variational bound (upstream's image_nll.py, resumable).
+r"""Bits/dim of images under a diffusion model's variational bound (upstream's image_nll.py, resumable).
 
     python scripts/image_nll.py --model_path runs/fmnist32/ema_0.9995_002000.pt \
         --data_dir fmnist_test32.npz --num_samples 1000 --batch_size 50 --out_dir runs/nll \

@@ -1,4 +1,4 @@
-"""Sample from an ADM model with one or more processes (GPUs), resumably; same flags as image_sample_1gpu.py.
+r"""Sample from an ADM model with one or more processes (GPUs), resumably; same flags as image_sample_1gpu.py.
 
     mpiexec -n 4 python scripts/image_sample.py --model_path ADM-IP.pt --image_size 32 \
         --timestep_respacing ddim5 --num_channels 128 --num_head_channels 32 --num_res_blocks 3 \

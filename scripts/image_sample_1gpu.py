@@ -1,4 +1,4 @@
-"""Sample from an ADM model with DDIM / DDPM, optionally with the time-shift sampler (one process).
+r"""Sample from an ADM model with DDIM / DDPM, optionally with the time-shift sampler (one process).
 
 The paper's command (TS-DDIM, 5 steps, CIFAR-10 ADM checkpoint):
 
@@ -15,23 +15,33 @@ present, else the CPU; needs no MPI. For several GPUs: mpiexec -n N python scrip
 
 With NO --model_path and NO model flags it samples the bundled demo model (grey Fashion-MNIST
 32x32, guided_diffusion/assets/demo_fmnist32.pt) with the demo's own model flags (listed in
-guided_diffusion/assets/demo_fmnist32.json; the defaults shown below are upstream's, not the demo's):
+guided_diffusion/assets/demo_fmnist32.json; the defaults shown above are upstream's, not the demo's):
 
-    python scripts/image_sample_1gpu.py --num_samples 64 --use_ddim True --timestep_respacing ddim10 \
-        --do_time_shift True --window 40 --cutoff 300 --out_dir out --compare_grid out/cmp.png
+    python scripts/image_sample_1gpu.py {demo}
 
 Finished batches are kept in OUT.npz.parts/ until the npz is written: rerun to resume.
 SIGTERM / SIGINT finish the batch in flight, print the resume command and exit 143 / 130.
 """
 
 import os
+import shlex
 
 from guided_diffusion.cli import run_cli
+from guided_diffusion.demo import DEMO_TS_PRESETS, demo_command
 from guided_diffusion.jobs.sample import parse_sampling_flags, run_sampling
 
 
+def epilog():
+    """The help text below the flags, with the demo model's measured window per step count."""
+    presets = ", ".join(f"window {w} at {s} steps" for s, (w, c) in sorted(DEMO_TS_PRESETS.items()))
+    cutoffs = sorted({c for _, c in DEMO_TS_PRESETS.values()})
+    demo = shlex.join(demo_command(10))
+    text = __doc__.split("\n", 1)[1].replace("{demo}", demo)
+    return text + f"\nThe demo model's best measured time shift (adm rule): {presets}, cutoff {cutoffs[0]}.\n"
+
+
 def main(argv=None):
-    job, _ = parse_sampling_flags(argv, description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1])
+    job, _ = parse_sampling_flags(argv, description=__doc__.split("\n")[0], epilog=epilog())
     if job.run.gpu_id:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.run.gpu_id
     import torch

@@ -1,14 +1,16 @@
-"""Train an ADM diffusion model on a folder of images or an .npz (upstream flags, exact resume).
+r"""Train an ADM diffusion model on a folder of images or an .npz (upstream flags, exact resume).
 
-One process:
-    python scripts/image_train.py --data_dir /work/data/fmnist_train32.npz --out_dir runs/fmnist \
-        --image_size 32 --image_channels 1 --num_channels 32 --channel_mult 1,2,2 \
-        --num_res_blocks 2 --attention_resolutions 8 --resblock_updown True --learn_sigma True \
-        --noise_schedule cosine --batch_size 64 --lr 2e-4 --lr_anneal_steps 20000
+One process (the bundled demo model's architecture, guided_diffusion/assets/demo_fmnist32.json, on
+Fashion-MNIST made by datasets/fashion_mnist.py; it logs every --log_interval steps):
+    python scripts/image_train.py --data_dir data/fmnist_train32.npz --out_dir runs/fmnist32 \
+        --image_size 32 --image_channels 1 --num_channels 32 --num_res_blocks 2 \
+        --attention_resolutions 16,8 --num_head_channels 32 --resblock_updown True \
+        --use_new_attention_order True --learn_sigma True --noise_schedule cosine --dropout 0.1 \
+        --batch_size 256 --lr 4e-4 --ema_rate 0.9995 --save_interval 200
 Data parallel (each rank gets --batch_size; DDP with nccl on GPUs, gloo on the CPU):
     mpiexec -n 2 python scripts/image_train.py ...      (or torchrun --nproc_per_node 2 ...)
 Resume exactly where a run stopped (ema/opt files are found beside the model file):
-    python scripts/image_train.py <same flags> --resume_checkpoint runs/fmnist/model010000.pt
+    python scripts/image_train.py <same flags> --resume_checkpoint runs/fmnist32/model000200.pt
 On SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) the step in progress is finished, the
 checkpoint of that step is saved (model, ema, opt, as at a save interval), one line with the
 resume command is printed, and the exit status is 143 (SIGTERM) or 130 (SIGINT); a second signal

@@ -1,4 +1,4 @@
-"""Upsample low-resolution images with a super-resolution diffusion model (any sampler, time shift included).
+r"""Upsample low-resolution images with a super-resolution diffusion model (any sampler, time shift included).
 
 64 -> 256 ImageNet upsampler (guided-diffusion README flags), on base samples from a 64x64 model:
     python scripts/super_res_sample.py --model_path 64_256_upsampler.pt --base_samples base_64.npz \

@@ -1,4 +1,4 @@
-"""Train a super-resolution diffusion model (SuperResModel: the UNet also sees the upsampled low-res image).
+r"""Train a super-resolution diffusion model (SuperResModel: the UNet also sees the upsampled low-res image).
 
 64 -> 256 ImageNet upsampler (guided-diffusion README flags):
     mpiexec -n N python scripts/super_res_train.py --data_dir train/ --out_dir runs/sr256 \

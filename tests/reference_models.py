@@ -1,8 +1,8 @@
 """Test helpers: the upstream reference vectors (kept in tests/data) and the analytic model they use.
 
-tests/data/{sampler_cosine,diffusion_hybrid,unet_cifar_small}.pt are byte copies of the project's
-shared reference vectors, produced by running the original TS-DPM-ADM implementation
-(tests/data/REFERENCE_README.md says how); the repository tests itself without them being elsewhere.
+tests/data/{sampler_cosine,diffusion_hybrid,unet_cifar_small}.pt are reference vectors produced by
+running the original TS-DPM-ADM implementation (tests/data/REFERENCE_README.md says how); the
+repository tests itself with nothing beside it.
 """
 
 import os

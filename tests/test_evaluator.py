@@ -344,14 +344,16 @@ def test_cli_stats_round_trip(batches, capsys, tmp_path, cheap_fid, cached_acts)
     assert len(lines) == 6 and all(LINE.match(l) for l in lines), lines
     fid, sfid, kid = _value(lines[1]), _value(lines[2]), _value(lines[5])
     assert "N = 4 samples vs 4 reference images" in lines[1]  # the count stored in the statistics file
-    assert lines[3].startswith("Precision: not computed (") and "statistics only" in lines[3]
-    assert lines[4].startswith("Recall: not computed (")
+    precision, recall = _value(lines[3]), _value(lines[4])  # from the stored pool_3 features
+    assert "N = 4 samples vs 4 reference images" in lines[3]
     if "fid" in batches:  # same numbers as from the images
         assert fid == pytest.approx(batches["fid"], abs=2e-4)
         assert sfid == pytest.approx(batches["sfid"], abs=2e-4)
     # KID from the stored features equals KID from the reference images
     from_images = E.evaluate(batches["ref"], batches["sample"], WEIGHTS, "cpu", progress=False, fid_bootstrap=0)
     assert kid == pytest.approx(from_images["kid_mean"] * 1e3, abs=1e-4)
+    assert precision == pytest.approx(from_images["precision"], abs=1e-6)
+    assert recall == pytest.approx(from_images["recall"], abs=1e-6)
     # Statistics on both sides: FID / sFID, and KID / the bootstrap from the stored features.
     rc = E.main([stats, stats, "--fid_method", "eigh", "--no_progress"])
     lines = capsys.readouterr().out.strip().splitlines()

@@ -27,7 +27,7 @@ def test_cosine_schedule_values():
     for t in (0, 100, 500, 900):
         assert ab[t] == pytest.approx(f(t + 1) / f(0), rel=1e-9)
     assert betas.max() <= 0.999
-    # spec section 1.1 table: flipped alpha_bar vs 1 - alpha_bar, cosine
+    # the rule-adm table: flipped alpha_bar vs 1 - alpha_bar, cosine (docs/method.md)
     assert ab[999 - 300] == pytest.approx(0.2031, abs=1e-4)
     assert 1 - ab[300] == pytest.approx(0.2144, abs=1e-4)
 
@@ -97,7 +97,7 @@ def test_posterior_matches_closed_form():
 
 
 def test_reference_sampler_runs():
-    """Every run in shared/reference/sampler_cosine.pt (upstream DDIM and TS-DDIM) to <= 1e-5."""
+    """Every run in tests/data/sampler_cosine.pt (upstream DDIM and TS-DDIM) to <= 1e-5."""
     ref = load_reference("sampler_cosine.pt")
     assert len(ref["runs"]) == 8
     for run in ref["runs"]:

@@ -58,7 +58,7 @@ def assert_uncorrelated_rows(rows, what):
 
 
 def test_matches_recorded_reference():
-    """Float32 / int64 values recorded with the generator before its speed-up (issue 13).
+    """Float32 / int64 values recorded with the generator before its speed-up.
 
     The hashes (integers) are bit-exact everywhere; the normals were bit-exact on the recording CPU,
     and on a CPU with other vector kernels (AVX2 vs AVX-512) torch's log / cos / sin round within

@@ -1,4 +1,4 @@
-"""Reliability of long jobs (issue 13, items 1-3): the output lock, preemption by SIGTERM/SIGINT,
+"""Reliability of long jobs: the output lock, preemption by SIGTERM/SIGINT,
 part checksums and failed assembly.
 
 A tiny class-conditional model (8 px, 32 channels, no attention, 3 DDIM steps). Runs that must be

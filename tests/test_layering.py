@@ -44,8 +44,10 @@ def _imports(name):
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            names.add(mod)
-            names.update(f"{mod}.{a.name}" for a in node.names)
+            subs = {f"{mod}.{a.name}" for a in node.names}
+            names.update(subs)
+            if not subs <= set(MODULES):  # ``from pkg import module`` uses the module, not pkg's __init__
+                names.add(mod)
     return names
 
 

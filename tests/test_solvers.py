@@ -253,7 +253,7 @@ def test_dpmpp2m_stores_nominal_lambda_and_handles_clean_targets():
 
 # ----------------------------------------------------------------------------- S-PNDM / F-PNDM by hand
 def _hand_pndm(method, model, x, pairs, table, shifted=None):
-    """The DDPM-backbone repo's S-PNDM / F-PNDM written out step by step (spec section 6.3).
+    """The DDPM-backbone repo's S-PNDM / F-PNDM written out step by step (docs/solvers.md).
 
     alpha_bar(t) = table[floor(t)]; the update is upstream's ``transfer`` in its own algebraic form
     x + (a' - a) (x / (sqrt(a) (sqrt(a) + sqrt(a'))) - e / (sqrt(a) (sqrt((1 - a') a) + sqrt((1 - a) a')))).

@@ -4,6 +4,7 @@ import argparse
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -306,3 +307,16 @@ def test_mpiexec_two_ranks_match_one_process(tmp_path, npz):
         with torch.no_grad():
             outs.append(model(x, torch.tensor([0, 1, 1, 0])))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_first_step_is_logged_with_time_left_and_memory(tmp_path, npz, train_script, capsys):
+    """A run shorter than --log_interval still says, after its first step, how long a step takes,
+    how long the rest will take and the peak memory (with the --microbatch hint)."""
+    flags = _flags({**TINY, "dropout": 0.0}) + _flags(dict(data_dir=npz, batch_size=4, max_steps=3,
+                                                               save_interval=0, log_interval=10))
+    train_script.main(flags + ["--out_dir", str(tmp_path / "run")])
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step 1 took")]
+    assert len(lines) == 1, lines
+    assert re.search(r"^step 1 took [0-9.]+ s; 2 step\(s\) left, about [0-9.]+ min at this rate; peak memory "
+                     r"[0-9,]+ MB \(--microbatch N < --batch_size lowers it\)$", lines[0]), lines[0]
+    assert "step 1 took" in open(tmp_path / "run" / "log.txt").read()

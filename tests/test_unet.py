@@ -1,4 +1,4 @@
-"""UNet: official checkpoint keys/shapes, the shared reference output, fp16 conversion, attention kernels."""
+"""UNet: official checkpoint keys/shapes, the upstream reference output, fp16 conversion, attention kernels."""
 
 import json
 import os
@@ -37,7 +37,7 @@ def test_official_parameter_counts(name, n_params_millions):
 
 
 def test_cifar10_config_matches_spec():
-    """upstream_spec.md section 5.4: 494 tensors, 57,094,662 parameters, example shapes."""
+    """The TS-DPM-ADM CIFAR-10 config: 494 tensors, 57,094,662 parameters, example shapes."""
     sd = _meta_model(**OFFICIAL_CONFIGS["cifar10_admip"]).state_dict()
     assert len(sd) == 494
     assert sum(v.numel() for v in sd.values()) == 57_094_662
@@ -99,7 +99,7 @@ def test_sdpa_equals_math_attention(new_order):
 
 
 def test_new_attention_order_changes_output():
-    """The order is invisible in the keys: same weights, different outputs (README warning)."""
+    """The order is invisible in the keys: same weights, different outputs (docs/checkpoints.md warning)."""
     torch.manual_seed(0)
     flags = dict(image_size=16, num_channels=32, num_res_blocks=1, attention_resolutions="8", channel_mult="1,2",
                  num_heads=2)

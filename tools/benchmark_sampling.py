@@ -1,6 +1,6 @@
 """Time the sampling loops: network alone, DDIM, TS-DDIM (each rule), DDPM, TS-DDPM, seed loop, fast path.
 
-CPU, the loop alone (a network that costs nothing), the issue's target setting:
+CPU, the loop alone (a network that costs nothing), the target setting of docs/performance.md:
 
     python tools/benchmark_sampling.py --free_model True --batch_size 512 --steps 50
 
@@ -8,7 +8,7 @@ GPU, the seed's CIFAR-10 model (57M parameters, random weights), plain fp32 vs t
 
     python tools/benchmark_sampling.py --batch_size 256 --steps 50 --autocast bf16 --channels_last True
 
-The per-sample noise generator alone (SampleNoise vs torch.randn of the same size; issue 13 asks
+The per-sample noise generator alone (SampleNoise vs torch.randn of the same size; the target is
 for at most 1.3x on CPU at batch 512, (3, 32, 32)):
 
     OMP_NUM_THREADS=1 python tools/benchmark_sampling.py --noise_only True --batch_size 512
@@ -52,7 +52,7 @@ class FreeModel(torch.nn.Module):
 
 
 class SeedLoop:
-    """The seed code's per-step work (TS-DPM-ADM, spec section 1.1), re-implemented to time it.
+    """The seed code's per-step work (TS-DPM-ADM; docs/method.md), re-implemented to time it.
 
     Same arithmetic and the same avoidable costs: numpy tables copied to the device and indexed
     at every use, the timestep map rebuilt per call, the full posterior and a noise draw even for
@@ -173,7 +173,7 @@ def time_noise(shape, device, repeats):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="seed", choices=["seed", "tiny"], help="seed: the README CIFAR-10 model "
+    p.add_argument("--config", default="seed", choices=["seed", "tiny"], help="seed: the paper.s CIFAR-10 model "
                    "(57M); tiny: a small model for smoke tests")
     p.add_argument("--free_model", type=str2bool, default=False, help="replace the network by one that costs nothing")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (respacing N)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session: train the demo model, sample the FID grid with it, benchmark the loops.
+# One prepared GPU run: train the demo model, sample the FID grid with it, benchmark the loops.
 # Usage (repo root): OUT=outdir TRAIN_S=125 MAX_STEPS=3000 N=1000 bash tools/device_demo_run.sh
 # Needs the Fashion-MNIST train idx files in .gpu_data/. Every stage has a time limit and writes
 # what it has to $OUT, so a slow stage cannot take the others down with it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session for the reference model (issue 14): continue training the bundled demo model,
+# One prepared GPU run for the reference model: continue training the bundled demo model,
 # sample the FID protocol (500 DDIM-20 samples, --seed 0) from every saved checkpoint, raw and EMA, and
 # (ANSWER=1) sample the answer grid with the last EMA. FID is computed afterwards on the CPU, from $OUT.
 #
@@ -57,7 +57,7 @@ if [ "${NLL:-0}" = 1 ]; then
   done
 fi
 [ "${ANSWER:-0}" = 1 ] || exit 0
-# the answer grid (issue 14 item 4), sampled only: 1000 samples per cell, same seeds; evaluated on the CPU
+# the answer grid, sampled only: 1000 samples per cell, same seeds; evaluated on the CPU
 timeout ${ANSWER_S:-200} $PY scripts/fid_table.py --phase sample --table_dir "$W/answer" --model_path "$ema" $MODEL \
   --num_samples 1000 --batch_size 1000 --progress False --steps 5,10,20 \
   --samplers ddim,ts-ddim,ts-ddim-adm-data,ts-ddim-offset,ddpm,ts-ddpm,ts-ddpm-adm-data,ts-ddpm-offset,dpm++2m,ts-dpm++2m,ipndm,ts-ipndm \

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -265,6 +266,52 @@ def build_model_and_diffusion(job, device, checkpoint_bytes=None):
     return model, diffusion
 
 
+def _read_flags_json(path):
+    import json
+
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"flags {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"flags {path}: not JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"flags {path}: expected a JSON object of model flags")
+    return dict(info.get("model_flags", info))
+
+
+def load_model(checkpoint=None, flags=None, device="cpu", timestep_respacing=""):
+    """One call from a checkpoint to ``(model, diffusion)``, ready to sample, on ``device``.
+
+    :param checkpoint: a ``.pt`` state_dict (loaded strictly, ``weights_only=True``); None: the bundled
+        demo model.
+    :param flags: the model and diffusion flags: None reads ``<checkpoint name>.json`` beside the
+        checkpoint (its "model_flags", as the demo model and the tuner write them); a path to such a
+        JSON file; or a dict ``{flag name: value}`` (missing flags take upstream's defaults).
+    :param timestep_respacing: the sampling grid, e.g. "ddim10" ("" = every timestep).
+    :return: the network in eval mode (``model(x, t)``: x (N, C, H, W), t (N,) original timesteps) and
+        the respaced diffusion (its ``timestep_map`` maps respaced indices to original timesteps).
+    """
+    from .. import demo
+
+    if checkpoint is None:
+        checkpoint = demo.DEMO_CHECKPOINT
+    checkpoint = str(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint}: no such file")
+    if flags is None:
+        sidecar = os.path.splitext(checkpoint)[0] + ".json"
+        if not os.path.isfile(sidecar):
+            raise ValueError(f"checkpoint {checkpoint}: no flags given and no {sidecar} beside it; pass "
+                             "flags={...} (the model flags it was trained with) or the path of a flags JSON")
+        flags = _read_flags_json(sidecar)
+    elif isinstance(flags, (str, os.PathLike)):
+        flags = _read_flags_json(flags)
+    job = SamplingJob.from_flags({**dict(flags), "model_path": checkpoint, "timestep_respacing": timestep_respacing})
+    return build_model_and_diffusion(job, torch.device(device))
+
+
 def build_classifier(job, device, checkpoint_bytes=None):
     """The job's noisy-image classifier, its checkpoint loaded strictly, in eval mode on ``device``."""
     classifier = classifier_from_configs(job.classifier, job.model)
@@ -380,7 +427,8 @@ class _SamplingParts(PartsJob):
         trace and grids; the parts removed unless ``keep_parts``."""
         job, run, diffusion, out_path = self.job, self.job.run, self.diffusion, self.out_path
         grid = sample_parts.assemble(parts_dir, out_path, num_samples=run.num_samples, image_shape=self.image_shape,
-                                     with_labels=self.with_labels, grid_size=run.grid_size if run.grid else 0)
+                                     with_labels=self.with_labels,
+                                     grid_size=max(run.grid_size if run.grid else 0, compare_grid_size(job)))
         print(f"wrote {out_path}", flush=True)
         meta_path = meta_path_for(out_path)
         write_run_meta(meta_path, job, diffusion, self.checkpoint_sha256, self.device, extra=self.input_sha256)
@@ -395,10 +443,12 @@ class _SamplingParts(PartsJob):
         if run.grid and grid is not None:
             from .figures import save_grid_png
 
-            save_grid_png(run.grid, grid)
+            save_grid_png(run.grid, grid[: run.grid_size])
             print(f"wrote {run.grid}", flush=True)
         if run.compare_grid:
-            write_compare_grid(job, self.model, diffusion, self.device, conditioning=self.conditioning)
+            n = compare_grid_size(job)
+            write_compare_grid(job, self.model, diffusion, self.device, conditioning=self.conditioning,
+                               own=None if grid is None else grid[:n])
             print(f"wrote {run.compare_grid}", flush=True)
         return out_path
 
@@ -560,22 +610,41 @@ def write_trace(path, job, diffusion, timesteps):
     save_npz_atomic(path, **{k: v.numpy() for k, v in arrays.items()})
 
 
-def write_compare_grid(job, model, diffusion, device, conditioning=None):
-    """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds."""
+def compare_grid_size(job):
+    """Samples per panel of the ``--compare_grid`` PNG (0 without one)."""
+    return min(job.run.grid_size, job.run.num_samples) if job.run.compare_grid else 0
+
+
+def write_compare_grid(job, model, diffusion, device, conditioning=None, own=None):
+    """PNG: the first ``grid_size`` samples without (left) and with (right) the time shift, same seeds.
+
+    :param own: the run's own first samples, (n, H, W, 3) uint8, n = :func:`compare_grid_size`: they are
+        the panel of the job's own setting (right with ``do_time_shift``, else left), so only the other
+        panel is sampled. Image k depends only on (seed, k), so it equals a fresh draw. None: sample both.
+    """
     from .figures import save_comparison_png
 
-    n = min(job.run.grid_size, job.run.num_samples)
+    n = compare_grid_size(job)
     plain = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=False))
     shifted = sampler_from_configs(job.sampler, dataclasses.replace(job.time_shift, do_time_shift=True))
-    panels = []
-    for sampler in (plain, shifted):
-        batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device, sampler=sampler,
-                                      shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
-                                      seed=job.sampler.seed, num_classes=model.num_classes,
-                                      conditioning=conditioning))
-        panels.append(batch.images)
     name = plain.kind.upper()
     steps = job.diffusion.timestep_respacing or "all"
     ts = job.time_shift
     titles = (f"{name}, {steps} steps", f"TS-{name} (w={ts.window}, c={ts.cutoff}, {ts.ts_rule})")
+    panels = [None, None]
+    if own is not None and len(own) == n:
+        panels[1 if ts.do_time_shift else 0] = own
+    for k, sampler in enumerate((plain, shifted)):
+        if panels[k] is not None:
+            continue
+        if job.run.progress:
+            say(f"comparison grid: sampling the {titles[k].split(' (')[0]} panel ({n} samples)")
+        started = time.time()
+        batch = next(generate_samples(model, diffusion, range(n), batch_size=n, device=device, sampler=sampler,
+                                      shape=(job.model.image_channels, job.model.image_size, job.model.image_size),
+                                      seed=job.sampler.seed, num_classes=model.num_classes,
+                                      conditioning=conditioning))
+        panels[k] = batch.images
+        if job.run.progress:
+            say(f"comparison grid: {n} samples in {time.time() - started:.1f} s")
     save_comparison_png(job.run.compare_grid, panels[0], panels[1], titles)

@@ -1,7 +1,7 @@
 """Training-free corrections of one reverse step: Epsilon Scaling (ES) and DCW.
 
 Pure functions of tensors, like ``time_shift.py``: no model, no RNG, no state between steps. The
-one loop driver calls each at its point of a step (docs/samplers_beyond_ts.md section 0); when
+one loop driver calls each at its point of a step (docs/solvers.md, "Corrections and solvers"); when
 several are on they are applied in this FIXED order within one step from x_t to x_{t-1}:
 
     1. network(x_t, t) -> eps (and v)

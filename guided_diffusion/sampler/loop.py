@@ -3,7 +3,7 @@ and the training-free corrections.
 
 The loop walks explicit pairs of respaced indices (i, i - 1) from S - 1 down to 0; at each step
 (original timestep ``cur = timestep_map[i]``, nominal next ``timestep_map[i - 1]``) it does, in
-this fixed order (``docs``: samplers_beyond_ts.md section 0):
+this fixed order (docs/solvers.md):
 
 1. the network once at ``cur`` (epsilon scaling divides its eps by lambda_i, before x0_hat:
    ``Corrections.scaled_model``);

@@ -15,7 +15,7 @@ after the last step). ``alphas_cumprod`` is the base schedule's (T,) alpha_bar t
 
 For each sample b, with v_b the unbiased variance of x_b over all C*H*W values:
 
-rule "adm" (tingyu215/TS-DPM-ADM ``get_next_time_window`` + ``ddim_sample``; spec section 1.1):
+rule "adm" (tingyu215/TS-DPM-ADM ``get_next_time_window`` + ``ddim_sample``; docs/method.md):
     candidates   tau in [cur - window//2, cur + window//2] (original timesteps)
     expected(tau) = alphas_cumprod[T - 1 - tau]      (upstream's flipped alpha_bar table)
     tau_b        = argmin_tau (v_b - expected(tau))^2   (first on ties)
@@ -26,12 +26,12 @@ rule "adm" (tingyu215/TS-DPM-ADM ``get_next_time_window`` + ``ddim_sample``; spe
                    moved by the matched shift; below 0 = clean), so a non-uniform grid is not
                    stepped by a stride it does not have.
     eligible     when the step is not the first one and cur > cutoff (strict).
-rule "pndm" (Mingxiao-Li/TS-DPM ``PNMSolver.apply_time_shift``; spec section 6.3):
+rule "pndm" (Mingxiao-Li/TS-DPM ``PNMSolver.apply_time_shift``; docs/method.md):
     candidates   tau in [nxt - window//2, nxt + window//2]
     expected(tau) = 1 - alphas_cumprod[tau]
     target       = alphas_cumprod[tau_b]             (no stride offset)
     eligible     when the step is not the first one and nxt > cutoff (strict).
-rule "adm-data" (ours; docs/samplers_beyond_ts.md section 3): as "adm" (window centred on cur,
+rule "adm-data" (ours; docs/method.md): as "adm" (window centred on cur,
     same eligibility cur > cutoff, same offset target), but with the data-aware expected variance
     expected_b(tau) = a_tau * Var(x0_hat_b) + (1 - a_tau),   a_tau = alphas_cumprod[tau]
     (the NON-flipped alpha_bar of the candidate), Var(x0_hat_b) the unbiased per-sample variance of
@@ -45,7 +45,7 @@ rule "offset" (ablation; docs section 3): as "adm" (window, eligibility, offset 
 
 ``window = 0`` disables the shift (every step is plain DDIM / DDPM). Note that with the "adm"
 rule (and "adm-data", "offset") any window >= 1 uses upstream's offset target even when tau_b = cur, so TS at a huge cutoff
-equals plain sampling but "TS with no shift chosen" does not (upstream behaviour, spec section 8.3).
+equals plain sampling but "TS with no shift chosen" does not (upstream behaviour; docs/method.md).
 
 Where upstream breaks, this module does the following instead (all finite):
   * candidates are clamped to [0, T-1] on both sides (upstream truncates at T-1 but, near 0,

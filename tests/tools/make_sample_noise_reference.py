@@ -1,6 +1,6 @@
 """Record reference outputs of ``SampleNoise`` for tests/test_generate.py (bit-identity check).
 
-Made with the generator of commit d218a66, before its speed-up (issue 13):
+Made with the generator of commit d218a66, before its speed-up:
 
     PYTHONPATH=. python tests/tools/make_sample_noise_reference.py --out tests/data/sample_noise_reference.pt
 
