@@ -73,6 +73,9 @@ def table_parser():
                    "--cache_dir to share its scores)")
     g.add_argument("--plot_by", default="solver", choices=["solver", "grid"],
                    help="colours of the FID-vs-NFE plot: one per solver and grid, or one per grid")
+    g.add_argument("--import_from", default="", help="comma list of earlier table folders whose cells (same "
+                   "checkpoint, pixel settings and sample count) and scores this table adopts instead of sampling "
+                   "and scoring them again")
     add_settings(p.add_argument_group("evaluation"), EvalConfig)
     return p
 
@@ -102,6 +105,9 @@ def main(argv=None):
 
     from guided_diffusion import dist_util
 
+    if ours.import_from and dist_util.get_rank() == 0:
+        bench.import_earlier_cells(entries, base_job, ours.table_dir, cache,
+                                   [d for d in ours.import_from.split(",") if d.strip()])
     if ours.phase in ("all", "sample"):
         dist_util.setup_dist()
         todo = [e for e in entries if bench.cell_npz(e, ours.table_dir) is None]

@@ -293,3 +293,71 @@ def open_cache(args, base_job):
     eval_config.validate()
     return ScoreCache(args.cache_dir or os.path.join(args.table_dir, "cache"), base_job.run.model_path,
                       args.ref_batch, eval_config, log=lambda text: None)
+
+
+def import_earlier_cells(entries, base_job, table_dir, cache, earlier_dirs, log=print):
+    """Adopt the samples and scores of earlier table folders (``earlier_dirs``) for this bench's cells.
+
+    An earlier cell is adopted only when its run metadata (the json beside its npz) names the same
+    checkpoint SHA-256, every pixel setting of the new cell's job equal, and the same sample count:
+    then its npz is the npz this bench would write (image k depends only on the settings, the seed
+    and k). The npz is linked (or copied) into ``TABLE_DIR/cells/KEY/``, and its earlier score, when
+    its results.json has one and ``cache`` is given, is put in the score cache: it was computed by the
+    same evaluator with the options this cache keys on (checked: the earlier scores were made with
+    the evaluator's defaults of :class:`~guided_diffusion.settings.EvalConfig`, so ``cache`` must use
+    them). Returns the number of cells adopted.
+    """
+    import glob
+    import shutil
+
+    from ..script_util import diffusion_from_config
+    from ..settings import EvalConfig
+
+    if cache is not None and cache.eval_config.key() != EvalConfig().key():
+        raise ValueError("--import_from: earlier scores were made with the evaluator's default options; "
+                         "drop the evaluation flags that change them")
+    earlier = []
+    for folder in earlier_dirs:
+        if not os.path.isdir(os.path.join(folder, "cells")):
+            raise ValueError(f"--import_from {folder}: not a table folder (no cells/ inside)")
+        results = load_results(os.path.join(folder, "results.json"))
+        for meta_path in glob.glob(os.path.join(folder, "cells", "*", "*.json")):
+            if meta_path.endswith("_trace.json"):
+                continue
+            with open(meta_path) as f:
+                meta = json.load(f)
+            npz = os.path.join(os.path.dirname(meta_path), meta.get("npz", ""))
+            key = os.path.basename(os.path.dirname(meta_path))
+            if os.path.isfile(npz):
+                earlier.append((meta, npz, results.get(key)))
+    adopted = 0
+    for e in entries:
+        if cell_npz(e, table_dir) is not None:
+            continue
+        job = cell_job(base_job, e, table_dir)
+        pixel = job.pixel_settings()
+        timesteps = sorted(int(t) for t in diffusion_from_config(job.diffusion).timestep_map)
+        for meta, npz, record in earlier:
+            settings = meta.get("settings", {})
+            if (meta.get("checkpoint_sha256") != (cache.checkpoint_sha256 if cache else meta.get("checkpoint_sha256"))
+                    or int(meta.get("num_samples", -1)) != job.run.num_samples
+                    or sorted(meta.get("timesteps", [])) != timesteps  # the grid by its timesteps, not its name
+                    or any(settings.get(k) != v for k, v in pixel.items() if k != "timestep_respacing")):
+                continue
+            out_dir = os.path.join(table_dir, "cells", e.key)
+            os.makedirs(out_dir, exist_ok=True)
+            for src in (npz, npz[: -len(".npz")] + ".json"):
+                dst = os.path.join(out_dir, os.path.basename(src))
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+            if cache is not None and record is not None and cache.get(job) is None:
+                result = {"fid": record["fid"], "fid_sd": record.get("fid_sd"), "kid_mean": record.get("kid_mean"),
+                          "kid_se": record.get("kid_se"), "kid_std": record.get("kid_std"),
+                          "num_samples": record["num_samples"]}
+                cache.put(job, result, label=e.key, npz=npz, imported_from=os.path.dirname(npz))
+            log(f"{e.key}: adopted {npz}" + (" and its score" if record is not None else ""))
+            adopted += 1
+            break
+    return adopted
