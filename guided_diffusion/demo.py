@@ -67,7 +67,8 @@ def _given(argv, name):
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
 
 
-def _is_demo_path(path):
+def is_demo_path(path):
+    """Whether ``path`` is the bundled demo checkpoint."""
     return bool(path) and os.path.isfile(path) and os.path.realpath(path) == os.path.realpath(DEMO_CHECKPOINT)
 
 
@@ -78,7 +79,7 @@ def maybe_use_demo(job, argv):
     """
     if any(_given(argv, k) for k in MODEL_FLAG_NAMES):
         return job
-    if job.run.model_path and not _is_demo_path(job.run.model_path):
+    if job.run.model_path and not is_demo_path(job.run.model_path):
         return job
     settings = demo_settings()
     for key in ("data_type", "model_type"):

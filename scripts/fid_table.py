@@ -25,8 +25,9 @@ statistics carry features) for each sampled cell, through the score cache (--cac
 scripts/tune_sampler.py) and into ``results.json``; "report" writes ``table.md`` and
 ``fid_vs_nfe.png`` from the cache alone (nothing sampled or evaluated: rerun the same command with
 --phase report); "all" does the three. A rerun skips finished cells. Window and cutoff per
-step count come from ``--preset`` (default "paper": Figure 7's windows 40/30/8/2 for 10/20/50/100
-steps with cutoff 300, and the README's window 80, cutoff 300 at 5 steps) or ``--ts_settings``.
+step count come from ``--preset`` ("paper": Figure 7's windows 40/30/8/2 for 10/20/50/100 steps with
+cutoff 300, and window 80, cutoff 300 at 5 steps; "demo", the default for the bundled demo model: its
+measured best, ``DEMO_TS_PRESETS`` in guided_diffusion/demo.py) or ``--ts_settings``.
 Extra cells (``--extra_cells``) add searches: SAMPLER:STEPS[:WINDOW:CUTOFF][:key=value...] with
 keys eps_scale, eps_scale_k, dcw_low, dcw_high (e.g. ddim:10:eps_scale=1.004,
 ts-ddim:10:20:300:dcw_low=0.02), and grid=GRID last (e.g. ddim:10:grid=trailing10).
@@ -55,7 +56,9 @@ def table_parser():
     g.add_argument("--steps", default="5,10,20,50", help="comma list of step counts (default: 5,10,20,50)")
     g.add_argument("--samplers", default="ddim,ts-ddim,ts-ddim-pndm,ddpm,ts-ddpm",
                    help="comma list of sampler names ([ts-]SOLVER[-RULE][-quad], see the top of --help)")
-    g.add_argument("--preset", default="paper", choices=sorted(bench.PRESETS), help="window/cutoff per step count")
+    g.add_argument("--preset", default="", choices=[""] + sorted(bench.PRESETS),
+                   help="window/cutoff per step count: paper (the TS-DPM paper's Figure 7) or demo (the bundled "
+                   "demo model's measured best, guided_diffusion/demo.py); default: demo for the demo model, else paper")
     g.add_argument("--ts_settings", default="", help="override the preset: STEPS:WINDOW:CUTOFF,...")
     g.add_argument("--extra_cells", default="",
                    help="search cells SAMPLER:STEPS[:WINDOW:CUTOFF][:key=value...][:grid=GRID],... (own table)")

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 
 from ..io_util import write_text_atomic
 from ..settings import SOLVER_NAMES, format_number
+from ..demo import DEMO_TS_PRESETS, is_demo_path
 from .cells import Cell, ScoreCache, grid_for, grid_template, job_nfe
 
 # Window and cutoff per step count: Figure 7 of the TS-DPM paper (40/30/8/2 at 10/20/50/100 steps, cutoff
 # 300) and window 80, cutoff 300 at 5 steps (its ADM code's README example).
+# "demo": the bundled demo model's measured best (guided_diffusion/demo.py, the one table of them).
 PRESETS = {
     "paper": {5: (80, 300), 10: (40, 300), 20: (30, 300), 50: (8, 300), 100: (2, 300)},
+    "demo": dict(DEMO_TS_PRESETS),
 }
 CORRECTION_KEYS = ("eps_scale", "eps_scale_k", "dcw_low", "dcw_high")
 RESPACINGS = {"ddim": "ddimN", "uniform": "N", "pndm": "pndmN"}
@@ -177,7 +180,8 @@ def plan(args, base_job):
 
     ``args``: ``steps``, ``samplers``, ``grids``, ``respacing``, ``preset``, ``ts_settings``, ``extra_cells``.
     """
-    settings = dict(PRESETS[args.preset])
+    preset = args.preset or ("demo" if is_demo_path(base_job.run.model_path) else "paper")
+    settings = dict(PRESETS[preset])
     settings.update(parse_ts_settings(args.ts_settings))
     steps_list = [int(s) for s in args.steps.split(",") if s.strip()]
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
