@@ -68,7 +68,8 @@ def table_parser():
                         "any --timestep_respacing string, N standing for the step count (e.g. trailingN); '-quad' "
                         "samplers use quadN (default: ddim)")
     g.add_argument("--grids", default="", help="several grids, one row per sampler and grid: a comma list of "
-                   "--timestep_respacing strings with N for the step count (e.g. ddimN,trailingN,file:GRID.json)")
+                   "--timestep_respacing strings with N for the step count ({N} in a file: path, e.g. "
+                   "ddimN,trailingN,file:docs/grids/demo_fmnist32_ddim_{N}.json)")
     g.add_argument("--phase", default="all", choices=["all", "sample", "evaluate", "report"], help="what to run")
     g.add_argument("--published", default="none", choices=["none"] + sorted(bench_report.published()),
                    help="published numbers to show beside the cells (guided_diffusion/assets/published.json)")

@@ -50,6 +50,7 @@ def test_cell_is_a_change_to_the_sampling_job():
 def test_grid_templates():
     assert grid_for("ddimN", 10) == "ddim10" and grid_for("karrasN:7", 5) == "karras5:7" and grid_for("N", 4) == "4"
     assert grid_for("file:g.json", 10) == "file:g.json" and grid_for("ddim20", 10) == "ddim20"
+    assert grid_for("file:grids/demo_{N}.json", 5) == "file:grids/demo_5.json"  # one file per step count
     assert grid_template("ddim10", 10) == "ddimN" and grid_template("quad5", 5) == "quadN"
     assert grid_template("10", 10) == "N" and grid_template("ddim110", 10) == "ddim110"
     assert bench.split_grids("ddimN, trailingN,t:999,500,0,file:a.json") == [

@@ -187,10 +187,11 @@ def job_nfe(job):
 # ------------------------------------------------------------------ grid templates
 def grid_for(template, steps):
     """A grid template at ``steps`` steps: ``ddimN`` -> ``ddim10``, ``karrasN:7`` -> ``karras10:7``,
-    ``N`` -> ``10``; a string without the letter N as a placeholder (``file:PATH``, ``t:...``,
-    ``ddim10``) is used as it is."""
+    ``N`` -> ``10``; in ``file:PATH`` the placeholder is ``{N}`` (``file:grids/demo_{N}.json`` ->
+    ``file:grids/demo_10.json``, one optimized grid file per step count); a string without a
+    placeholder (``t:...``, ``ddim10``) is used as it is."""
     if template.startswith(("file:", "t:")):
-        return template
+        return template.replace("{N}", str(int(steps)))
     head, sep, tail = template.partition(":")
     if head.endswith("N"):
         return f"{head[:-1]}{int(steps)}{sep}{tail}"
