@@ -96,6 +96,7 @@ class TimeShiftDDIMScheduler(diffusers.DDIMScheduler):
         """
         from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
+        from .sampler.corrections import apply_eps_scaling
         from .sampler.time_shift import is_eligible, shift_target
 
         if use_clipped_model_output is None:
@@ -106,7 +107,7 @@ class TimeShiftDDIMScheduler(diffusers.DDIMScheduler):
         if corr.active and k == 0:
             corr.validate(tuple(sample.shape[2:]), S)
         if corr.es_active:
-            model_output = corr.scale_eps(model_output, S - 1 - k)
+            model_output = apply_eps_scaling(model_output, corr.eps_factor(S - 1 - k))
         eligible = ts is not None and is_eligible(ts, cur, nxt, first_step=k == 0)
         if not eligible:
             out = super().step(model_output, timestep, sample, eta=eta,
