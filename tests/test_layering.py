@@ -5,6 +5,7 @@ configuration modules -> ``jobs/`` -> ``cli``. An import may only point down.
 """
 
 import ast
+import functools
 import os
 
 import pytest
@@ -28,6 +29,7 @@ def _modules():
 MODULES = _modules()
 
 
+@functools.lru_cache(maxsize=None)
 def _imports(name):
     """The dotted names a module imports (absolute, relative ones resolved), any nesting level."""
     path = MODULES[name]
@@ -48,7 +50,7 @@ def _imports(name):
             names.update(subs)
             if not subs <= set(MODULES):  # ``from pkg import module`` uses the module, not pkg's __init__
                 names.add(mod)
-    return names
+    return frozenset(names)
 
 
 def _package_edges(name):
