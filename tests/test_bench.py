@@ -167,3 +167,35 @@ def test_evaluator_options_are_declared_once():
     assert evaluator.FID_BOOTSTRAP_ROUNDS == d.fid_bootstrap
     with pytest.raises(ValueError, match="--fid_bootstrap"):
         EvalConfig(fid_bootstrap=1).validate()
+
+
+def _earlier_table(folder, key, job, timesteps, num_samples, fid=None, seed_delta=0):
+    """An earlier table folder holding one cell: its npz, the run metadata and (optionally) its score."""
+    cell_dir = folder / "cells" / key
+    cell_dir.mkdir(parents=True)
+    np.savez(cell_dir / "s.npz", np.zeros((num_samples, 8, 8, 3), np.uint8))
+    settings = dict(job.pixel_settings(), window=40)  # the shift's settings do not matter while it is off
+    settings["seed"] += seed_delta
+    (cell_dir / "s.json").write_text(json.dumps(dict(npz="s.npz", num_samples=num_samples, settings=settings,
+                                                     timesteps=timesteps, checkpoint_sha256="abc")))
+    if fid is not None:
+        (folder / "results.json").write_text(json.dumps({key: dict(fid=fid, num_samples=num_samples)}))
+
+
+def test_earlier_cells_are_adopted_only_when_their_settings_match(tmp_path):
+    base = SamplingJob.from_flags(dict(FLAGS, num_samples=6, batch_size=2))
+    entries = [e for e in bench.plan(_args(samplers="ddim", steps="4"), base)]
+    job = bench.cell_job(base, entries[0], str(tmp_path / "new"))
+    timesteps = [0, 250, 500, 750]
+    _earlier_table(tmp_path / "same", "ddim_4", job, timesteps, 6, fid=12.5)
+    _earlier_table(tmp_path / "seed", "ddim_4", job, timesteps, 6, seed_delta=1)
+    _earlier_table(tmp_path / "grid", "ddim_4", job, [0, 300, 600, 900], 6)
+    _earlier_table(tmp_path / "count", "ddim_4", job, timesteps, 5)
+    table = str(tmp_path / "new")
+    for wrong in ("seed", "grid", "count"):
+        assert bench.import_earlier_cells(entries, base, table, None, [str(tmp_path / wrong)], log=lambda t: None) == 0
+        assert bench.cell_npz(entries[0], table) is None
+    assert bench.import_earlier_cells(entries, base, table, None, [str(tmp_path / "same")], log=lambda t: None) == 1
+    assert os.path.samefile(bench.cell_npz(entries[0], table), tmp_path / "same" / "cells" / "ddim_4" / "s.npz")
+    with pytest.raises(ValueError, match="--import_from"):
+        bench.import_earlier_cells(entries, base, table, None, [str(tmp_path / "nothing")])

@@ -340,6 +340,8 @@ def import_earlier_cells(entries, base_job, table_dir, cache, earlier_dirs, log=
             continue
         job = cell_job(base_job, e, table_dir)
         pixel = job.pixel_settings()
+        if not pixel.get("do_time_shift"):  # the shift's settings change no pixel while it is off
+            pixel = {k: v for k, v in pixel.items() if k not in ("window", "cutoff", "ts_rule")}
         timesteps = sorted(int(t) for t in diffusion_from_config(job.diffusion).timestep_map)
         for meta, npz, record in earlier:
             settings = meta.get("settings", {})
