@@ -199,3 +199,34 @@ def test_earlier_cells_are_adopted_only_when_their_settings_match(tmp_path):
     assert os.path.samefile(bench.cell_npz(entries[0], table), tmp_path / "same" / "cells" / "ddim_4" / "s.npz")
     with pytest.raises(ValueError, match="--import_from"):
         bench.import_earlier_cells(entries, base, table, None, [str(tmp_path / "nothing")])
+
+
+
+class _DictCache:
+    """The two ScoreCache methods import_earlier_cells uses, in memory."""
+
+    checkpoint_sha256 = "abc"
+    eval_config = EvalConfig()
+
+    def __init__(self):
+        self.scores = {}
+
+    def get(self, job):
+        return self.scores.get(json.dumps(job.pixel_settings(), sort_keys=True))
+
+    def put(self, job, result, **info):
+        self.scores[json.dumps(job.pixel_settings(), sort_keys=True)] = result
+
+
+def test_an_earlier_score_is_adopted_after_its_samples(tmp_path):
+    """A cell whose npz was adopted before its earlier table had scored it gets the score on a later run."""
+    base = SamplingJob.from_flags(dict(FLAGS, num_samples=6, batch_size=2))
+    entries = bench.plan(_args(samplers="ddim", steps="4"), base)
+    table, cache = str(tmp_path / "new"), _DictCache()
+    job = bench.cell_job(base, entries[0], table)
+    _earlier_table(tmp_path / "early", "ddim_4", job, [0, 250, 500, 750], 6)
+    assert bench.import_earlier_cells(entries, base, table, cache, [str(tmp_path / "early")], log=lambda t: None) == 1
+    assert cache.get(job) is None
+    (tmp_path / "early" / "results.json").write_text(json.dumps({"ddim_4": dict(fid=3.5, num_samples=6)}))
+    assert bench.import_earlier_cells(entries, base, table, cache, [str(tmp_path / "early")], log=lambda t: None) == 1
+    assert cache.get(job)["fid"] == 3.5

@@ -336,9 +336,10 @@ def import_earlier_cells(entries, base_job, table_dir, cache, earlier_dirs, log=
                 earlier.append((meta, npz, results.get(key)))
     adopted = 0
     for e in entries:
-        if cell_npz(e, table_dir) is not None:
-            continue
         job = cell_job(base_job, e, table_dir)
+        have_npz = cell_npz(e, table_dir) is not None
+        if have_npz and (cache is None or cache.get(job) is not None):
+            continue
         pixel = job.pixel_settings()
         if not pixel.get("do_time_shift"):  # the shift's settings change no pixel while it is off
             pixel = {k: v for k, v in pixel.items() if k not in ("window", "cutoff", "ts_rule")}
@@ -352,7 +353,7 @@ def import_earlier_cells(entries, base_job, table_dir, cache, earlier_dirs, log=
                 continue
             out_dir = os.path.join(table_dir, "cells", e.key)
             os.makedirs(out_dir, exist_ok=True)
-            for src in (npz, npz[: -len(".npz")] + ".json"):
+            for src in () if have_npz else (npz, npz[: -len(".npz")] + ".json"):
                 dst = os.path.join(out_dir, os.path.basename(src))
                 try:
                     os.link(src, dst)
