@@ -230,13 +230,13 @@ def plot_fid_vs_nfe(entries, results, path, by="solver"):
     ax.set_ylabel("FID (± bootstrap sd)")
     what = "solver and grid" if by == "solver" else "grid"
     other = "grid" if by == "solver" else "solver"
-    ax.set_title(f"one colour per {what}, one marker per {other}; dashed: plain sampler, solid: with the time "
+    ax.set_title(f"one colour per {what}, one marker per {other};\ndashed: plain sampler, solid: with the time "
                  "shift", fontsize=8)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure_atomic(path, fig)
+    save_figure_atomic(path, fig, bbox_inches="tight")  # the legend stands outside the axes
     plt.close(fig)
 
 
