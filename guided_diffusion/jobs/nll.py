@@ -258,7 +258,7 @@ def run_nll(job, device=None):
     except Exception as e:
         exc = e
     dist_util.check_all(exc)
-    data, sha = read_on_rank0(cfg.model_path, "--model_path")
+    data, sha = read_on_rank0(cfg.model_path, "--model_path", model=True)
     model = diffusion = None
     try:
         model = build_network(job.model, job.diffusion, cfg.model_path, device, data=data)

@@ -32,22 +32,21 @@ def say(text):
     sys.stderr.write(text + "\n")
 
 
-def read_on_rank0(path, flag, *, error=None):
+def read_on_rank0(path, flag, *, error=None, model=False):
     """Collective: the bytes of ``path`` on every rank (read once on rank 0, broadcast in chunks)
-    and their SHA-256 hex (rank 0; None elsewhere). ``path`` is a file, or for ``--model_path`` a
-    diffusers model folder (its files packed by :func:`guided_diffusion.diffusers_model.read_on_rank0`).
+    and their SHA-256 hex (rank 0; None elsewhere). ``path`` is a file, or with ``model`` (a diffusion
+    model's path) also a diffusers model folder (its files packed by
+    :func:`guided_diffusion.diffusers_model.read_on_rank0`).
     A missing path is a one-line error naming ``flag``; ``error`` (an exception class, default
     ``CheckpointError``) is its type."""
     from ..errors import CheckpointError
 
-    folder_ok = flag == "--model_path"
-
     def check():
-        if not os.path.isfile(path) and not (folder_ok and os.path.isdir(path)):
+        if not os.path.isfile(path) and not (model and os.path.isdir(path)):
             raise (error or CheckpointError)(f"{flag} {path}: no such file")
 
     dist_util.on_rank0(check)
-    data = diffusers_model.read_model_bytes(path) if folder_ok else dist_util.read_file_on_rank0(path)
+    data = diffusers_model.read_model_bytes(path) if model else dist_util.read_file_on_rank0(path)
     return data, (hashlib.sha256(data).hexdigest() if dist_util.get_rank() == 0 else None)
 
 

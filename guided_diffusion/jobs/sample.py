@@ -502,7 +502,7 @@ def run_sampling(job, device=None, on_part_written=None):
                                   "(or no model flags at all for the bundled demo model)")
 
     dist_util.on_rank0(check_path)
-    data, checkpoint_sha256 = read_on_rank0(run.model_path, "--model_path")
+    data, checkpoint_sha256 = read_on_rank0(run.model_path, "--model_path", model=True)
     model = diffusion = None
     try:
         model, diffusion = build_model_and_diffusion(job, device, checkpoint_bytes=data)
