@@ -142,6 +142,21 @@ def derive_seed(seed, *parts):
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def npz_content_sha256(path):
+    """SHA-256 of an npz's arrays: each member's name, dtype, shape and C-order bytes, in name order.
+
+    Unlike :func:`sha256_file` it does not see the zip container (``np.savez`` stamps each member
+    with the time it was written), so the same arrays written twice hash the same.
+    """
+    h = hashlib.sha256()
+    with np.load(path, allow_pickle=False) as data:
+        for name in sorted(data.files):
+            arr = np.ascontiguousarray(data[name])
+            h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+            h.update(memoryview(arr.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -84,3 +84,24 @@ def test_run_cli_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--flag is bad second line" in err
+
+
+def test_npz_content_sha256_sees_arrays_not_the_zip(tmp_path):
+    import zipfile
+
+    from guided_diffusion.io_util import npz_content_sha256, sha256_file
+
+    arrays = {"mu": np.arange(4, dtype=np.float64), "pool_3": np.ones((2, 3), np.float32)}
+    np.savez(tmp_path / "a.npz", **arrays)
+    # the same arrays in a zip whose members carry another timestamp (as a file made again later would)
+    with zipfile.ZipFile(tmp_path / "b.npz", "w") as zf:
+        for name in ("pool_3", "mu"):
+            buf = io.BytesIO()
+            np.save(buf, arrays[name])
+            zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1999, 1, 2, 3, 4, 6)), buf.getvalue())
+    assert sha256_file(tmp_path / "a.npz") != sha256_file(tmp_path / "b.npz")
+    assert npz_content_sha256(tmp_path / "a.npz") == npz_content_sha256(tmp_path / "b.npz")
+    np.savez(tmp_path / "c.npz", mu=arrays["mu"], pool_3=arrays["pool_3"] * 2)
+    assert npz_content_sha256(tmp_path / "c.npz") != npz_content_sha256(tmp_path / "a.npz")
+    np.savez(tmp_path / "d.npz", mu=arrays["mu"].astype(np.float32), pool_3=arrays["pool_3"])
+    assert npz_content_sha256(tmp_path / "d.npz") != npz_content_sha256(tmp_path / "a.npz")

@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..io_util import sha256_file, write_text_atomic
+from ..io_util import npz_content_sha256, sha256_file, write_text_atomic
 from ..sampler.solvers import nfe
 from ..settings import SOLVER_NAMES, EvalConfig, TimeShiftConfig, format_number
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the reference is identified by its arrays (npz_content_sha256), not its file bytes
 FAMILIES = ("ts", "es", "dcw")
 _TS_DEFAULTS = TimeShiftConfig()
 
@@ -211,11 +211,15 @@ def grid_template(grid, steps):
 
 # ------------------------------------------------------------------ the score cache
 def cache_key(checkpoint_sha256, reference_sha256, pixel_settings, num_samples, eval_config):
-    """The dict that identifies one evaluation (everything its numbers depend on)."""
+    """The dict that identifies one evaluation (everything its numbers depend on).
+
+    ``reference_sha256``: the reference's :func:`~guided_diffusion.io_util.npz_content_sha256` (its
+    arrays, so a statistics file made again from the same images keys the same).
+    """
     return {
         "version": CACHE_VERSION,
         "checkpoint_sha256": checkpoint_sha256,
-        "reference_sha256": reference_sha256,
+        "reference_content_sha256": reference_sha256,
         "pixel_settings": dict(sorted(pixel_settings.items())),
         "num_samples": int(num_samples),
         "evaluation": eval_config.key() if isinstance(eval_config, EvalConfig) else dict(eval_config),
@@ -249,7 +253,10 @@ class ScoreCache:
         self.eval_config = eval_config or EvalConfig()
         self.log = log
         self.checkpoint_sha256 = sha256_file(checkpoint)
-        self.reference_sha256 = sha256_file(ref)
+        try:  # the arrays, so the same statistics made again key the same
+            self.reference_sha256 = npz_content_sha256(ref)
+        except (OSError, ValueError, EOFError):  # not a plain npz: its bytes (the evaluator says what is wrong)
+            self.reference_sha256 = sha256_file(ref)
         self.root = os.path.join(cache_dir, self.checkpoint_sha256)
         self.evaluated = 0
         self.from_cache = 0

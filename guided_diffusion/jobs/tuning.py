@@ -24,7 +24,7 @@ grid x solver of the space, the base job's own when none are given):
 5. the chosen setting is the best by KID (then FID) of everything evaluated at N_R, plain included.
 
 Every evaluation is cached under ``cache_dir/<checkpoint SHA-256>/evals/<key hash>.json`` (one file
-per evaluation, written atomically), keyed by the checkpoint's SHA-256, the reference file's SHA-256,
+per evaluation, written atomically), keyed by the checkpoint's SHA-256, the SHA-256 of the reference's arrays,
 every pixel-affecting sampling setting (solver, steps, seed, the searched setting, model flags, ...),
 the sample count and the evaluation settings; so a rerun evaluates nothing and an interrupted run
 resumes (finished evaluations are kept; a sampling run stopped part-way keeps its finished batches).
