@@ -19,5 +19,6 @@ setup(
         "plot": ["matplotlib"],
         "lsun": ["lmdb"],
         "diffusers": ["diffusers", "safetensors"],
+        "cloud": ["blobfile"],
     },
 )

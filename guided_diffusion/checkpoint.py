@@ -6,6 +6,7 @@ import re
 
 import torch
 from .errors import CheckpointError  # noqa: F401 (raised here; defined with the other user errors)
+from .io_util import isfile, open_read, read_bytes, via_blobfile
 
 
 def _as_state_dict(obj, path):
@@ -30,8 +31,10 @@ def read_checkpoint(path, data=None):
     if data is None:
         if not path:
             raise CheckpointError("--model_path is empty: pass the checkpoint file to sample from")
-        if not os.path.isfile(path):
+        if not isfile(path):
             raise CheckpointError(f"--model_path {path}: no such file")
+        if via_blobfile(path):
+            data = read_bytes(path)
     try:
         obj = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "unreadable"
@@ -115,9 +118,9 @@ def _sidecar_flags(path):
     import json
 
     try:
-        with open(os.path.splitext(str(path))[0] + ".json") as f:
+        with open_read(os.path.splitext(str(path))[0] + ".json", "r") as f:
             flags = json.load(f)["model_flags"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # no sidecar (OSError, or blobfile's errors), not JSON, no "model_flags"
         return None
     return flags if isinstance(flags, dict) else None
 
@@ -148,9 +151,9 @@ def _flags_hint(path):
 
     sidecar = os.path.splitext(str(path))[0] + ".json"
     try:
-        with open(sidecar) as f:
+        with open_read(sidecar, "r") as f:
             flags = json.load(f)["model_flags"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # no sidecar (OSError, or blobfile's errors), not JSON, no "model_flags"
         return ""
     from .demo import DEMO_FLAGS
 

@@ -310,11 +310,14 @@ def read_file_on_rank0(path):
     """Bytes of ``path``, read once on rank 0 and broadcast (errors are raised on every rank)."""
     data, err = b"", ""
     if get_rank() == 0:
+        from . import io_util
+
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            err = f"{path}: cannot read ({exc.strerror or exc})"
+            data = io_util.read_bytes(path)
+        except ValueError as exc:  # blobfile not installed
+            err = str(exc)
+        except Exception as exc:  # OSError, or blobfile's errors for a cloud path
+            err = f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})"
     err = broadcast_object(err)
     if err:
         raise FileNotFoundError(err)

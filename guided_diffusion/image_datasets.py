@@ -55,6 +55,7 @@ Sharding is by plain ints (``shard`` = rank, ``num_shards`` = world size); this 
 not import mpi4py or torch.distributed.
 """
 
+import io
 import os
 import zipfile
 from collections import OrderedDict
@@ -64,6 +65,7 @@ import torch
 from PIL import Image
 
 from .data.resize import center_crop_arr
+from . import io_util
 from .io_util import derive_seed
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
@@ -128,14 +130,14 @@ def load_data(
 
 
 def list_image_files_recursively(data_dir):
-    """Sorted list of image files (by extension, case-insensitive) under data_dir."""
+    """Sorted list of image files (by extension, case-insensitive) under data_dir (local or cloud)."""
     results = []
-    for root, dirs, files in os.walk(data_dir):
+    for root, dirs, files in io_util.walk(data_dir):
         dirs.sort()
         for name in sorted(files):
             ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
             if ext in IMAGE_EXTENSIONS:
-                results.append(os.path.join(root, name))
+                results.append(io_util.join(root, name))
     return sorted(results)
 
 
@@ -178,12 +180,12 @@ class ImageDataset:
         self._array = None
         self._labels = None
 
-        if not os.path.exists(self.source):
+        if not io_util.exists(self.source):
             raise FileNotFoundError(
                 f"data source {self.source!r} does not exist; pass an existing folder of "
                 f"images or an .npz file (see datasets/README.md to build one)"
             )
-        if os.path.isdir(self.source):
+        if io_util.isdir(self.source):
             self._init_folder()
         elif self.source.lower().endswith(".npz"):
             self._init_npz()
@@ -218,13 +220,17 @@ class ImageDataset:
 
     # -- npz
     def _init_npz(self):
-        if not zipfile.is_zipfile(self.source):
+        # a cloud npz is read into memory (its arrays are held in memory anyway)
+        source = io.BytesIO(io_util.read_bytes(self.source)) if io_util.via_blobfile(self.source) else self.source
+        if not zipfile.is_zipfile(source):
             raise ValueError(
                 f"{self.source!r} is not an .npz (zip) file; rebuild it with a datasets/ "
                 f"script or np.savez(path, images_uint8_nhwc[, labels])"
             )
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
         try:
-            with np.load(self.source, allow_pickle=False) as data:
+            with np.load(source, allow_pickle=False) as data:
                 keys = set(data.files)
                 arr = data["arr_0"] if "arr_0" in keys else None
                 labels = data["arr_1"] if "arr_1" in keys else None
@@ -287,7 +293,7 @@ class ImageDataset:
         if self._paths is not None:
             path = self._paths[idx]
             try:
-                with Image.open(path) as img:
+                with Image.open(io.BytesIO(io_util.read_bytes(path)) if io_util.via_blobfile(path) else path) as img:
                     img.load()
                     img = img.convert(self.mode)
             except Exception as exc:

@@ -1,10 +1,18 @@
-"""The one I/O layer: atomic writes, the streaming npz writer, seed derivation, the CLI error runner.
+"""The one I/O layer: atomic writes, cloud paths, the streaming npz writer, seed derivation.
 
 Every file this project writes goes through :func:`atomic_write` (or a helper built on it): the
 data go to a temporary file in the destination folder, are flushed and fsynced, get the mode a
 plain ``open(path, "w")`` would give (0666 minus the umask), and are renamed into place. So a file
 that exists under its final name is complete, and a killed process leaves at most a ``.tmp-*``
 file (never a partial output).
+
+Cloud paths (``gs://``, ``az://``, ``http(s)://``: what ``blobfile`` reads) go through ``blobfile``
+where upstream used it: checkpoints read, data folders, training checkpoints and logs written. An
+atomic write to such a path is staged in a local temporary file, uploaded under a ``.tmp-*`` name
+beside the destination, then copied to its final name and the temporary object removed (object
+stores have no rename: the final object appears whole when its copy completes, never partly
+written). ``GD_IO_BACKEND=blobfile`` sends local paths through the same blobfile code (how the
+suite tests it without a bucket).
 """
 
 import contextlib
@@ -13,11 +21,151 @@ import io
 import os
 import sys
 import tempfile
+import time
+import uuid
 import zipfile
 
 import numpy as np
 
 TMP_PREFIX = ".tmp-"
+
+
+# ------------------------------------------------------------------ cloud paths (blobfile)
+CLOUD_PREFIXES = ("gs://", "az://", "https://", "http://")
+BACKEND_ENV = "GD_IO_BACKEND"  # "blobfile": local paths go through blobfile too (tests)
+
+
+def is_cloud(path):
+    """True for a path that only blobfile can open (``gs://``, ``az://``, ``http(s)://``)."""
+    return str(path).startswith(CLOUD_PREFIXES)
+
+
+def via_blobfile(path):
+    """Whether ``path`` is read and written through blobfile: a cloud path, or any path under
+    ``GD_IO_BACKEND=blobfile``."""
+    return is_cloud(path) or os.environ.get(BACKEND_ENV, "") == "blobfile"
+
+
+def blobfile_module(path=""):
+    """``import blobfile``, or a one-line error saying what to install."""
+    try:
+        import blobfile
+    except ImportError:
+        raise ValueError(f"{path or 'a cloud path'}: cloud paths are read and written through blobfile, which is "
+                         "not installed: pip install blobfile (or pip install -e .[cloud])") from None
+    return blobfile
+
+
+def exists(path):
+    path = os.fspath(path)
+    return blobfile_module(path).exists(path) if via_blobfile(path) else os.path.exists(path)
+
+
+def isdir(path):
+    path = os.fspath(path)
+    return blobfile_module(path).isdir(path) if via_blobfile(path) else os.path.isdir(path)
+
+
+def isfile(path):
+    path = os.fspath(path)
+    if via_blobfile(path):
+        bf = blobfile_module(path)
+        return bf.exists(path) and not bf.isdir(path)
+    return os.path.isfile(path)
+
+
+def join(path, *parts):
+    path = os.fspath(path)
+    return blobfile_module(path).join(path, *parts) if is_cloud(path) else os.path.join(path, *parts)
+
+
+def makedirs(path):
+    """``os.makedirs(path, exist_ok=True)``; on a bucket, whatever blobfile does (folders are implicit)."""
+    path = os.fspath(path)
+    if via_blobfile(path):
+        blobfile_module(path).makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def walk(top):
+    """``os.walk(top)`` (sorted), through blobfile for cloud paths: yields (folder, subfolders, files)."""
+    top = os.fspath(top)
+    if not via_blobfile(top):
+        yield from os.walk(top)
+        return
+    bf = blobfile_module(top)
+    for root, dirs, files in bf.walk(top):
+        yield root.rstrip("/") if root != "/" else root, sorted(d.rstrip("/") for d in dirs), sorted(files)
+
+
+@contextlib.contextmanager
+def open_read(path, mode="rb"):
+    """``open(path, mode)`` for reading ("rb" or "r"), through blobfile for cloud paths."""
+    path = os.fspath(path)
+    if mode not in ("rb", "r"):
+        raise ValueError(f"open_read mode must be 'rb' or 'r', got {mode!r}")
+    if via_blobfile(path):
+        with blobfile_module(path).BlobFile(path, mode) as f:
+            yield f
+    else:
+        with open(path, mode) as f:
+            yield f
+
+
+def read_bytes(path):
+    """The bytes of ``path`` (local or cloud)."""
+    with open_read(path, "rb") as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def _atomic_write_blobfile(path, mode, suffix):
+    """:func:`atomic_write` for blobfile paths: a local temporary file, uploaded as a ``.tmp-*``
+    object beside ``path``, copied to ``path``, the temporary object removed."""
+    bf = blobfile_module(path)
+    fd, local = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix)
+    staged = bf.join(bf.dirname(path), f"{TMP_PREFIX}{uuid.uuid4().hex}{suffix}")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        bf.copy(local, staged, overwrite=True)
+        bf.copy(staged, path, overwrite=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(local)
+        with contextlib.suppress(Exception):
+            if bf.exists(staged):
+                bf.remove(staged)
+
+
+class CloudText:
+    """A text file on a blobfile path that is appended to (logs): object stores cannot append, so
+    the text is held in memory (starting from what the file already holds) and written whole, with
+    :func:`atomic_write`, on :meth:`flush` at most every ``every`` seconds, and on :meth:`close`."""
+
+    def __init__(self, path, every=30.0):
+        self.path = os.fspath(path)
+        self.every = float(every)
+        self.text = read_bytes(self.path).decode("utf-8") if isfile(self.path) else ""
+        self._saved = None
+        self._last = 0.0
+
+    def write(self, text):
+        self.text += text
+
+    def rewrite(self, text):
+        self.text = text
+
+    def flush(self, force=False):
+        if self.text == self._saved or (not force and time.monotonic() - self._last < self.every):
+            return
+        with atomic_write(self.path, "w") as f:
+            f.write(self.text)
+        self._saved, self._last = self.text, time.monotonic()
+
+    def close(self):
+        self.flush(force=True)
 
 
 def _umask():
@@ -36,13 +184,19 @@ def atomic_write(path, mode="wb", *, suffix=None, fsync=True, tmp_dir=None):
     :param suffix: the temporary file's suffix (default: ``path``'s extension, so libraries that
         look at the name, e.g. PIL or np.savez, see the right format).
     :param tmp_dir: folder for the temporary file (default: ``path``'s folder; it must be on the
-        same file system for the rename to be atomic).
+        same file system for the rename to be atomic). A blobfile path (see the module docstring) is
+        staged locally and uploaded under a temporary name first; ``tmp_dir`` does not apply.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
-    folder = tmp_dir or os.path.dirname(os.path.abspath(path))
+    path = os.fspath(path)
     if suffix is None:
         suffix = os.path.splitext(path)[1]
+    if via_blobfile(path):
+        with _atomic_write_blobfile(path, mode, suffix) as f:
+            yield f
+        return
+    folder = tmp_dir or os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, mode) as f:
@@ -80,7 +234,8 @@ def save_png_atomic(path, image):
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not via_blobfile(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "wb", suffix=".png") as f:
         image.save(f, format="PNG")
 
@@ -159,7 +314,7 @@ def npz_content_sha256(path):
 
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_read(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()

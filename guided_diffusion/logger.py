@@ -16,8 +16,11 @@ only import-time state). Ranks other than 0 write nothing, but still accumulate 
 
 import csv
 import datetime
+import io
 import os
 import sys
+
+from . import io_util
 
 __all__ = ["Logger", "configure", "get_current", "get_dir", "log", "logkv", "logkv_mean", "dumpkvs", "close"]
 
@@ -52,44 +55,64 @@ class _StdoutFormat:
 
 
 class _TextFormat(_StdoutFormat):
+    """log.txt, appended to; on a cloud path an :class:`~guided_diffusion.io_util.CloudText` (written
+    whole at most every 30 s and on close: object stores cannot append)."""
+
     def __init__(self, path):
-        super().__init__(open(path, "a", encoding="utf-8"))
+        super().__init__(io_util.CloudText(path) if io_util.via_blobfile(path) else open(path, "a", encoding="utf-8"))
 
     def close(self):
         self.stream.close()
 
 
 class _CSVFormat:
-    """progress.csv; a new key rewrites the file with the widened header (old rows padded)."""
+    """progress.csv; a new key rewrites the file with the widened header (old rows padded). On a cloud
+    path the text lives in an :class:`~guided_diffusion.io_util.CloudText` (uploaded whole, throttled)."""
 
     def __init__(self, path):
         self.path = path
         self.keys = []
-        if os.path.exists(path) and os.path.getsize(path) > 0:  # appending after a resume
-            with open(path, newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
-            self.keys = list(header)
+        self.cloud = io_util.CloudText(path) if io_util.via_blobfile(path) else None
+        text = self._read()
+        if text:  # appending after a resume
+            self.keys = list(next(csv.reader(io.StringIO(text)), []))
+
+    def _read(self):
+        if self.cloud is not None:
+            return self.cloud.text
+        if not os.path.exists(self.path):
+            return ""
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return f.read()
+
+    def _write(self, text, append):
+        if self.cloud is not None:
+            self.cloud.write(text) if append else self.cloud.rewrite(text)
+            self.cloud.flush()
+            return
+        with open(self.path, "a" if append else "w", newline="", encoding="utf-8") as f:
+            f.write(text)
 
     def writekvs(self, kvs):
         new = [k for k in kvs if k not in self.keys]
         if new:
-            rows = []
-            if os.path.exists(self.path):
-                with open(self.path, newline="", encoding="utf-8") as f:
-                    rows = list(csv.DictReader(f))
+            rows = list(csv.DictReader(io.StringIO(self._read())))
             self.keys.extend(new)
-            with open(self.path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=self.keys)
-                writer.writeheader()
-                writer.writerows(rows)
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self.keys).writerow({k: kvs.get(k, "") for k in self.keys})
+            buf = io.StringIO(newline="")
+            writer = csv.DictWriter(buf, fieldnames=self.keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            self._write(buf.getvalue(), append=False)
+        buf = io.StringIO(newline="")
+        csv.DictWriter(buf, fieldnames=self.keys).writerow({k: kvs.get(k, "") for k in self.keys})
+        self._write(buf.getvalue(), append=True)
 
     def writetext(self, text):
         pass
 
     def close(self):
-        pass
+        if self.cloud is not None:
+            self.cloud.close()
 
 
 class Logger:
@@ -152,14 +175,14 @@ def configure(dir=None, rank=0, format_strs=("stdout", "log", "csv")):
     outputs = []
     if rank == 0:
         if dir:
-            os.makedirs(dir, exist_ok=True)
+            io_util.makedirs(dir)
         for name in format_strs:
             if name == "stdout":
                 outputs.append(_StdoutFormat())
             elif name == "log" and dir:
-                outputs.append(_TextFormat(os.path.join(dir, "log.txt")))
+                outputs.append(_TextFormat(io_util.join(dir, "log.txt")))
             elif name == "csv" and dir:
-                outputs.append(_CSVFormat(os.path.join(dir, "progress.csv")))
+                outputs.append(_CSVFormat(io_util.join(dir, "progress.csv")))
             elif name not in ("log", "csv"):
                 raise ValueError(f"unknown log format {name!r}: use stdout, log or csv")
     _CURRENT = Logger(dir=dir, outputs=outputs, rank=rank)

@@ -326,6 +326,13 @@ class RunConfig(ResumableConfig):
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.grid_size < 1:
             raise ValueError(f"--grid_size must be >= 1, got {self.grid_size}")
+        from .io_util import is_cloud
+
+        for flag in ("out_dir", "grid", "compare_grid"):
+            value = getattr(self, flag, "")
+            if value and is_cloud(value):
+                raise ValueError(f"--{flag} {value}: samples are written to a local folder (their resumable parts "
+                                 "and lock need a file system); write locally, then copy the npz up (gsutil cp, azcopy)")
 
 
 @dataclass

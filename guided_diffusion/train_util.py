@@ -39,7 +39,7 @@ import time
 
 import torch
 
-from . import dist_util
+from . import dist_util, io_util
 
 from . import logger
 from .checkpoint import CheckpointError, check_state_dict
@@ -218,7 +218,7 @@ class TrainLoop:
 
     def _load_ema_parameters(self, rate):
         path = self._resume_path(f"ema_{rate}_{self.step:06d}.pt")
-        exists = dist_util.broadcast_object(os.path.exists(path) if self.rank == 0 else None)
+        exists = dist_util.broadcast_object(io_util.exists(path) if self.rank == 0 else None)
         if not exists:
             logger.log(f"WARNING: {path} not found; EMA {rate} starts from the model weights")
             return self._copy_master_params()
@@ -229,7 +229,7 @@ class TrainLoop:
 
     def _load_optimizer_state(self):
         path = self._resume_path(f"opt{self.step:06d}.pt")
-        exists = dist_util.broadcast_object(os.path.exists(path) if self.rank == 0 else None)
+        exists = dist_util.broadcast_object(io_util.exists(path) if self.rank == 0 else None)
         if not exists:
             logger.log(f"WARNING: {path} not found; the optimizer starts fresh (not an exact resume)")
             return
@@ -390,7 +390,7 @@ class TrainLoop:
     def save(self):
         """Write ema, opt, then model files for ``self.step`` (rank 0), then wait for all ranks."""
         if self.rank == 0:
-            os.makedirs(self.out_dir, exist_ok=True)
+            io_util.makedirs(self.out_dir)
             paths = checkpoint_paths(self.out_dir, self.step, self.ema_rate)
             for rate, params in zip(self.ema_rate, self.ema_params):
                 save_atomic(_to_cpu(self.mp_trainer.master_params_to_state_dict(params)), paths["ema"][rate])
@@ -426,7 +426,7 @@ def validate_train_args(args):
     for name in ("save_interval", "lr_anneal_steps", "max_steps"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
+    if args.resume_checkpoint and not io_util.isfile(args.resume_checkpoint):
         raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
     parse_ema_rates(args.ema_rate)
 
@@ -479,7 +479,7 @@ def begin_run(args):
     info = dist_util.setup_dist()
     logger.configure(args.out_dir, rank=info.rank)
     if info.rank == 0:
-        write_text_atomic(os.path.join(args.out_dir, "args.json"), json.dumps(vars(args), indent=1, sort_keys=True))
+        write_text_atomic(io_util.join(args.out_dir, "args.json"), json.dumps(vars(args), indent=1, sort_keys=True))
     logger.log(f"{info.world_size} process(es), device {dist_util.dev()}")
     return info
 

@@ -27,11 +27,10 @@ SIGTERM / SIGINT: the step in progress is finished and saved, the resume command
 """
 
 import argparse
-import os
 
 import torch
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion import dist_util, io_util, logger
 from guided_diffusion.classifier_train_util import ClassifierTrainLoop
 from guided_diffusion.image_datasets import ImageDataset, StepBatcher
 from guided_diffusion.cli import run_cli
@@ -82,7 +81,7 @@ def validate_args(args):
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.iterations == 0 and args.max_steps == 0:
         raise ValueError("--iterations 0 and --max_steps 0 would train forever: set one of them")
-    if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
+    if args.resume_checkpoint and not io_util.isfile(args.resume_checkpoint):
         raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
 
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import io_util
 from ..io_util import npz_content_sha256, sha256_file, write_text_atomic
 from ..sampler.solvers import nfe
 from ..settings import SOLVER_NAMES, EvalConfig, TimeShiftConfig, format_number
@@ -242,7 +243,7 @@ class ScoreCache:
     """
 
     def __init__(self, cache_dir, checkpoint, ref, eval_config=None, log=_log):
-        if not checkpoint or not os.path.isfile(checkpoint):
+        if not checkpoint or not io_util.isfile(checkpoint):
             raise ValueError(f"--model_path {checkpoint or '(empty)'}: no such file (no model flags at all select "
                              "the bundled demo model)")
         if not ref or not os.path.isfile(ref):

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from .. import diffusers_model, dist_util
+from .. import diffusers_model, dist_util, io_util
 from . import control
 from . import parts as sample_parts
 from ..script_util import model_from_checkpoint
@@ -42,7 +42,10 @@ def read_on_rank0(path, flag, *, error=None, model=False):
     from ..errors import CheckpointError
 
     def check():
-        if not os.path.isfile(path) and not (model and os.path.isdir(path)):
+        if model and io_util.is_cloud(path) and not io_util.isfile(path) and io_util.isdir(path):
+            raise (error or CheckpointError)(f"{flag} {path}: a diffusers model folder must be on a local disk "
+                                             "(copy it down first); single checkpoint files may be cloud paths")
+        if not io_util.isfile(path) and not (model and os.path.isdir(path)):
             raise (error or CheckpointError)(f"{flag} {path}: no such file")
 
     dist_util.on_rank0(check)

@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from .. import diffusers_model, dist_util
+from .. import diffusers_model, dist_util, io_util
 from . import control
 from . import parts as sample_parts
 from ..checkpoint import CheckpointError, load_checkpoint_into
@@ -270,7 +270,7 @@ def _read_flags_json(path):
     import json
 
     try:
-        with open(path) as f:
+        with io_util.open_read(path, "r") as f:
             info = json.load(f)
     except OSError as exc:
         raise ValueError(f"flags {path}: cannot read it ({exc.strerror or exc})") from None
@@ -298,11 +298,11 @@ def load_model(checkpoint=None, flags=None, device="cpu", timestep_respacing="")
     if checkpoint is None:
         checkpoint = demo.DEMO_CHECKPOINT
     checkpoint = str(checkpoint)
-    if not os.path.isfile(checkpoint):
+    if not io_util.isfile(checkpoint):
         raise CheckpointError(f"checkpoint {checkpoint}: no such file")
     if flags is None:
         sidecar = os.path.splitext(checkpoint)[0] + ".json"
-        if not os.path.isfile(sidecar):
+        if not io_util.isfile(sidecar):
             raise ValueError(f"checkpoint {checkpoint}: no flags given and no {sidecar} beside it; pass "
                              "flags={...} (the model flags it was trained with) or the path of a flags JSON")
         flags = _read_flags_json(sidecar)
