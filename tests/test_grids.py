@@ -224,7 +224,10 @@ def test_grid_files_round_trip_and_a_wrong_checkpoint_is_refused(tmp_path):
     assert back == doc
     g = grids.parse_grid(f"file:{path}", 1000)
     assert g.timesteps == (999, 500, 120, 3) and g.family == "file" and not g.upstream
-    grids.check_grid_checkpoint(f"file:{path}", "ab" * 32)
+    assert grids.check_grid_checkpoint(f"file:{path}", "ab" * 32) is None
+    assert grids.check_grid_checkpoint(f"file:{path}", "ab" * 32, solver="ddim") is None
+    note = grids.check_grid_checkpoint(f"file:{path}", "ab" * 32, solver="dpm++2m")
+    assert note.startswith("note: grid file") and "--solver ddim, not dpm++2m" in note and "\n" not in note
     with pytest.raises(ValueError, match="made for checkpoint"):
         grids.check_grid_checkpoint(f"file:{path}", "cd" * 32)
     with pytest.raises(ValueError, match="T = 1000"):

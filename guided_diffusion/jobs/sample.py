@@ -262,7 +262,10 @@ def build_model_and_diffusion(job, device, checkpoint_bytes=None):
     if grids.is_grid_file(job.diffusion.timestep_respacing):
         if checkpoint_bytes is None:
             checkpoint_bytes = diffusers_model.read_model_bytes(job.run.model_path)
-        grids.check_grid_checkpoint(job.diffusion.timestep_respacing, hashlib.sha256(checkpoint_bytes).hexdigest())
+        note = grids.check_grid_checkpoint(job.diffusion.timestep_respacing, hashlib.sha256(checkpoint_bytes).hexdigest(),
+                                           solver=job.sampler.solver_name())
+        if note and dist_util.get_rank() == 0:
+            sys.stderr.write(note + "\n")
     return model, diffusion
 
 

@@ -360,20 +360,27 @@ def is_grid_file(spec):
     return isinstance(spec, str) and spec.strip().startswith("file:")
 
 
-def check_grid_checkpoint(spec, checkpoint_sha256):
+def check_grid_checkpoint(spec, checkpoint_sha256, solver=None):
     """For a ``file:`` grid, refuse a checkpoint other than the one it was optimised for.
 
     :param spec: the ``--timestep_respacing`` string (other families pass silently).
     :param checkpoint_sha256: hex sha256 of the checkpoint file being sampled.
+    :param solver: the solver about to walk the grid; when it is not the file's ``solver``, the
+        return value is a one-line note saying so (allowed: the grid is then not the optimum the
+        file's cost was minimised for), else None.
     """
     if not is_grid_file(spec):
-        return
+        return None
     path = spec.strip()[5:]
     doc = read_grid_file(path)
     if doc["checkpoint_sha256"] != checkpoint_sha256:
         raise ValueError(f"grid file {path} was made for checkpoint sha256 {doc['checkpoint_sha256'][:12]}..., "
                          f"not this --model_path ({str(checkpoint_sha256)[:12]}...); optimise a grid for this "
                          f"checkpoint with scripts/optimize_grid.py")
+    if solver and doc["solver"] != solver:
+        return (f"note: grid file {path} was optimised for --solver {doc['solver']}, not {solver}: it runs, but is "
+                f"not the grid that minimises {solver}'s error (scripts/optimize_grid.py --grid_solver {solver} makes one)")
+    return None
 
 
 
