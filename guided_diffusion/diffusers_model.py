@@ -33,6 +33,7 @@ Scheduler config -> our settings (the diffusion is built from these, in float64)
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -82,6 +83,16 @@ def folder_layout(path):
         raise CheckpointError(f"--model_path {path}: no {' or '.join(WEIGHT_NAMES)} in {unet}")
     scheduler = next((c for c in candidates if os.path.isfile(c)), None)
     return unet, weights[0], scheduler
+
+
+def model_sha256(path):
+    """The SHA-256 a model is known by (this process reads): of a checkpoint file's bytes, or of a
+    diffusers folder's packed config, weights and scheduler config (what sampling hashes too)."""
+    if path and os.path.isdir(path):
+        return hashlib.sha256(read_folder(path)).hexdigest()
+    from .io_util import sha256_file
+
+    return sha256_file(path)
 
 
 def is_diffusers_folder(path):

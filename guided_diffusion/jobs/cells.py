@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import io_util
+from .. import diffusers_model, io_util
 from ..io_util import npz_content_sha256, sha256_file, write_text_atomic
 from ..sampler.solvers import nfe
 from ..settings import SOLVER_NAMES, EvalConfig, TimeShiftConfig, format_number
@@ -243,7 +243,7 @@ class ScoreCache:
     """
 
     def __init__(self, cache_dir, checkpoint, ref, eval_config=None, log=_log):
-        if not checkpoint or not io_util.isfile(checkpoint):
+        if not checkpoint or not (io_util.isfile(checkpoint) or os.path.isdir(checkpoint)):
             raise ValueError(f"--model_path {checkpoint or '(empty)'}: no such file (no model flags at all select "
                              "the bundled demo model)")
         if not ref or not os.path.isfile(ref):
@@ -253,7 +253,7 @@ class ScoreCache:
         self.ref = ref
         self.eval_config = eval_config or EvalConfig()
         self.log = log
-        self.checkpoint_sha256 = sha256_file(checkpoint)
+        self.checkpoint_sha256 = diffusers_model.model_sha256(checkpoint)  # a file, or a diffusers folder
         try:  # the arrays, so the same statistics made again key the same
             self.reference_sha256 = npz_content_sha256(ref)
         except (OSError, ValueError, EOFError):  # not a plain npz: its bytes (the evaluator says what is wrong)
