@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The window (and DCW) search of the grids bench (docs/results/grids.md): for each solver given and each
+# grid x step count, tune_sampler.py at a small budget (one rung of 250 samples, same seed everywhere),
+# with its score cache shared with the bench's fid_table.py runs. Each search is cached and resumable:
+# rerun the same command after a stop. Usage: tools/grids_bench_tune.sh SOLVER [SOLVER ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p runs/grids_tune
+for solver in "$@"; do
+  for steps in 5 10; do
+    for grid in "ddim$steps" "trailing$steps" "file:docs/grids/demo_fmnist32_ddim_$steps.json"; do
+      name="${solver}_$(echo "$grid" | sed 's|file:docs/grids/demo_fmnist32_ddim_|opt|; s|\.json||')"
+      python scripts/tune_sampler.py --ref_batch data/fmnist_test2k_stats.npz --timestep_respacing "$grid" \
+        --solver "$solver" --windows 0,2,5,10,20,40 --cutoffs 300 --rules adm --eps_scales 1 \
+        --dcw_lows 0,-0.05,0.05 --rungs 250 --batch_size 250 --cache_dir runs/grids_cache \
+        --json "runs/grids_tune/$name.json"
+    done
+  done
+done
