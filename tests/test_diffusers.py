@@ -409,3 +409,27 @@ def test_fid_table_and_the_tuner_take_a_folder(pipeline_folder, tmp_path):
     assert tune.returncode == 0, tune.stderr[-1500:]
     report = json.loads((tmp_path / "tune.json").read_text())
     assert report["checkpoint_sha256"] == sha and "--model_path " + pipeline_folder in tune.stdout
+
+
+def test_classifier_guidance_on_a_folder(pipeline_folder, tmp_path):
+    """classifier_sample.py with a diffusers folder as the diffusion model and an ADM classifier."""
+    from guided_diffusion.script_util import classifier_defaults, create_classifier
+
+    clf_flags = dict(image_size=8, image_channels=3, classifier_num_classes=3, classifier_width=32, classifier_depth=1,
+                     classifier_attention_resolutions="", classifier_pool="adaptive", classifier_channel_mult="1,2")
+    torch.manual_seed(0)
+    clf = create_classifier(**{**classifier_defaults(), **clf_flags})
+    for p in clf.parameters():  # the head is zero-initialised: no gradient at all otherwise
+        torch.nn.init.normal_(p, std=0.2)
+    torch.save(clf.state_dict(), tmp_path / "clf.pt")
+    flags = [x for k, v in clf_flags.items() if k != "image_channels" for x in (f"--{k}", str(v))]
+    images = []
+    for scale in ("2", "0"):
+        out = tmp_path / f"s{scale}"
+        res = _sample(pipeline_folder, out, "--classifier_path", str(tmp_path / "clf.pt"), "--classifier_scale", scale,
+                      "--timestep_respacing", "ddim4", "--use_ddim", "True", *flags, script="classifier_sample.py")
+        assert res.returncode == 0, res.stderr[-1500:]
+        with np.load(_npz(out)) as z:
+            assert z["arr_0"].shape == (3, 8, 8, 3) and set(z["arr_1"].tolist()) <= {0, 1, 2}
+            images.append(z["arr_0"])
+    assert not np.array_equal(images[0], images[1])  # the classifier's gradient moved the samples
