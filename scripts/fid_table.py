@@ -59,7 +59,8 @@ def table_parser():
     g.add_argument("--preset", default="", choices=[""] + sorted(bench.PRESETS),
                    help="window/cutoff per step count: paper (the TS-DPM paper's Figure 7) or demo (the bundled "
                    "demo model's measured best, guided_diffusion/demo.py); default: demo for the demo model, else paper")
-    g.add_argument("--ts_settings", default="", help="override the preset: STEPS:WINDOW:CUTOFF,...")
+    g.add_argument("--ts_settings", default="", help="override the preset: STEPS:WINDOW:CUTOFF[:grid=TEMPLATE][:sampler=NAME],... "
+                   "(an item naming a --grids template and/or a sampler applies to those cells only)")
     g.add_argument("--extra_cells", default="",
                    help="search cells SAMPLER:STEPS[:WINDOW:CUTOFF][:key=value...][:grid=GRID],... (own table)")
     g.add_argument("--respacing", default="ddim",

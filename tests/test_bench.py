@@ -230,3 +230,26 @@ def test_an_earlier_score_is_adopted_after_its_samples(tmp_path):
     (tmp_path / "early" / "results.json").write_text(json.dumps({"ddim_4": dict(fid=3.5, num_samples=6)}))
     assert bench.import_earlier_cells(entries, base, table, cache, [str(tmp_path / "early")], log=lambda t: None) == 1
     assert cache.get(job)["fid"] == 3.5
+
+
+def test_ts_settings_per_grid_and_sampler():
+    s = bench.parse_ts_settings("5:40:300,10:10:300,10:4:300:grid=trailingN,"
+                                "10:2:200:grid=file:g_{N}.json:sampler=ts-dpm++2m,5:20:300:sampler=ts-ipndm")
+    assert bench.ts_setting(s, 10, "ddimN", "ts-ddim") == (10, 300)
+    assert bench.ts_setting(s, 10, "trailingN", "ts-ddim") == (4, 300)
+    assert bench.ts_setting(s, 10, "file:g_{N}.json", "ts-dpm++2m") == (2, 200)
+    assert bench.ts_setting(s, 10, "file:g_{N}.json", "ts-ddim") == (10, 300)
+    assert bench.ts_setting(s, 5, "trailingN", "ts-ipndm") == (20, 300) and bench.ts_setting(s, 20) is None
+    for bad in ("10:4", "10:4:300:grid=", "10:4:300:window=3", "10:4:300:sampler=ts-euler"):
+        with pytest.raises(ValueError):
+            bench.parse_ts_settings(bad)
+    job = SamplingJob.from_flags(dict(FLAGS, timestep_respacing="ddim10", use_ddim=True))
+    cells = bench.plan(_args(steps="10", samplers="ts-ddim", grids="ddimN,trailingN",
+                             ts_settings="10:10:300,10:4:300:grid=trailingN"), job)
+    assert [(c.cell.grid, c.cell.window) for c in cells] == [("ddim10", 10), ("trailing10", 4)]
+    assert 7 not in bench.PRESETS["paper"]  # a grid-only item leaves the other grid's cell without a setting
+    with pytest.raises(ValueError, match=r"no window/cutoff for steps \[7\]"):
+        bench.plan(_args(steps="7", samplers="ts-ddim", grids="ddimN,trailingN",
+                         ts_settings="7:4:300:grid=trailingN"), job)
+    assert len(bench.plan(_args(steps="7", samplers="ts-ddim", grids="trailingN",
+                                ts_settings="7:4:300:grid=trailingN"), job)) == 1

@@ -104,15 +104,41 @@ def split_grids(text):
 
 
 def parse_ts_settings(text):
-    """ "5:80:300,10:40:300" -> {5: (80, 300), 10: (40, 300)}."""
+    """ "5:80:300,10:40:300,10:4:300:grid=trailingN:sampler=ts-ddim" ->
+    {5: (80, 300), 10: (40, 300), (10, "trailingN", "ts-ddim"): (4, 300)}.
+
+    An item may name the ``--grids`` template (``grid=``, as written there) and the sampler
+    (``sampler=``) it is for; :func:`ts_setting` takes the most specific item that fits a cell.
+    Templates hold commas only inside explicit ``t:`` lists, which this syntax does not take.
+    """
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
+        usage = f"--ts_settings item {item!r}: expected STEPS:WINDOW:CUTOFF[:grid=TEMPLATE][:sampler=NAME]"
+        head, *rest = re.split(r":(?=(?:grid|sampler)=)", item)  # a template may hold ":" (file:..., karrasN:7)
+        plain, quals = head.split(":"), {}
+        for q in rest:
+            key, eq, value = q.partition("=")
+            if key not in ("grid", "sampler") or not eq or not value:
+                raise ValueError(usage)
+            quals[key] = value
         try:
-            steps, window, cutoff = (int(v) for v in item.split(":"))
+            steps, window, cutoff = (int(v) for v in plain)
         except ValueError:
-            raise ValueError(f"--ts_settings item {item!r}: expected STEPS:WINDOW:CUTOFF") from None
-        out[steps] = (window, cutoff)
+            raise ValueError(usage) from None
+        if "sampler" in quals:
+            parse_sampler(quals["sampler"])
+        key = steps if not quals else (steps, quals.get("grid"), quals.get("sampler"))
+        out[key] = (window, cutoff)
     return out
+
+
+def ts_setting(settings, steps, template="", sampler=""):
+    """(window, cutoff) for a cell: the :func:`parse_ts_settings` item naming its grid template and
+    sampler, else its grid, else its sampler, else the step count's; None when there is none."""
+    for key in ((steps, template, sampler), (steps, template, None), (steps, None, sampler), steps):
+        if key in settings:
+            return settings[key]
+    return None
 
 
 def parse_extra_cells(text):
@@ -187,15 +213,16 @@ def plan(args, base_job):
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     for s in samplers:
         parse_sampler(s)
-    missing = [s for s in steps_list if s not in settings]
-    if missing and any(parse_sampler(s)["ts"] for s in samplers):
-        raise ValueError(f"no window/cutoff for steps {missing}: add them with --ts_settings STEPS:WINDOW:CUTOFF")
     templates = split_grids(getattr(args, "grids", "")) or [""]
+    missing = sorted({s for s in steps_list for t in templates for v in samplers
+                      if parse_sampler(v)["ts"] and ts_setting(settings, s, t, v) is None})
+    if missing:
+        raise ValueError(f"no window/cutoff for steps {missing}: add them with --ts_settings STEPS:WINDOW:CUTOFF")
     todo = []
     for sampler in samplers:
         for template in templates:
             for steps in steps_list:
-                window, cutoff = settings.get(steps, (0, 0))
+                window, cutoff = ts_setting(settings, steps, template, sampler) or (0, 0)
                 todo.append((sampler, steps, window, cutoff, {}, template, True))
     for c in parse_extra_cells(args.extra_cells):
         if c["window"] is None:
