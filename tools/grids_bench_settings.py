@@ -16,13 +16,9 @@ Usage: python tools/grids_bench_settings.py runs/grids_tune/*.json [--markdown d
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion.io_util import write_text_atomic  # noqa: E402
-from guided_diffusion.jobs.cells import grid_template  # noqa: E402
+from guided_diffusion.io_util import write_text_atomic
+from guided_diffusion.jobs.cells import grid_template
 
 OPT_PREFIX = "file:docs/grids/demo_fmnist32_ddim_"
 
